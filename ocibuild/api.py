@@ -1,0 +1,235 @@
+"""The small Python API behind the CLI: what a script imports to copy and look at images.
+
+Every function takes references as text (``oci:DIR:TAG``, ``docker://…`` or a Docker reference),
+opens the stores it needs, and closes them. ``registry`` is where short names live; ``options`` is
+a ``RegistryOptions`` (None: defaults).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform as _platform
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ocibuild.errors import ManifestError, NotFound, UsageError
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.descriptor import Descriptor, Platform
+from ocibuild.oci.digest import Digest
+from ocibuild.oci.manifest import ImageConfig, Index, Manifest, parse_manifest
+from ocibuild.oci.reference import LayoutReference, Reference, parse_reference
+
+if TYPE_CHECKING:
+    from ocibuild.store.base import Store
+    from ocibuild.transfer.progress import ProgressSink
+
+__all__ = [
+    "config", "copy", "delete", "digest", "host_platform", "inspect", "manifest", "open_image", "tags",
+]
+
+_MACHINES = {
+    "x86_64": ("amd64", None), "amd64": ("amd64", None), "aarch64": ("arm64", None), "arm64": ("arm64", None),
+    "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"), "ppc64le": ("ppc64le", None), "s390x": ("s390x", None),
+    "riscv64": ("riscv64", None), "i686": ("386", None), "i386": ("386", None),
+}
+
+
+def host_platform() -> Platform:
+    """The platform of this machine, in OCI words (``linux/amd64``)."""
+    arch, variant = _MACHINES.get(_platform.machine().lower(), (_platform.machine().lower(), None))
+    return Platform("linux", arch, variant)
+
+
+@contextlib.contextmanager
+def open_image(
+    text: str, *, registry: str | None = None, options: Any = None, for_write: bool = False
+) -> Iterator[tuple["Store", str | None]]:
+    """The store ``text`` points into and the identifier it names; closed on exit."""
+    from ocibuild.store.open import open_reference
+
+    store, identifier = open_reference(text, registry, options, for_write=for_write)
+    try:
+        yield store, identifier
+    finally:
+        store.close()
+
+
+def _require_identifier(store: "Store", identifier: str | None, text: str) -> str:
+    """A bare ``oci:DIR`` names its only image; with several, the user must choose."""
+    if identifier is not None:
+        return identifier
+    names = store.tags()
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise NotFound(f"{store.name}: no tagged image in the layout")
+    raise UsageError(f"{text} holds {len(names)} images; add :TAG or @DIGEST ({', '.join(sorted(names)[:5])})")
+
+
+def _default_tag(src_text: str, registry: str | None) -> str:
+    ref = parse_reference(src_text, registry)
+    return ref.tag if ref.tag and ref.digest is None else "latest"
+
+
+def copy(
+    src: str,
+    dst: str,
+    *,
+    platforms: list[Platform] | None = None,
+    all_platforms: bool = False,
+    jobs: int = 4,
+    registry: str | None = None,
+    options: Any = None,
+    progress: "ProgressSink | None" = None,
+    referrers: bool = False,
+) -> Descriptor:
+    """Copy an image (or index) between any two references; returns the descriptor written.
+
+    A destination without tag (``oci:DIR``) gets the source's tag, else ``latest``; a destination
+    with a digest is only accepted when the copy produces exactly that digest.
+    """
+    from ocibuild.transfer.copy import copy_image
+
+    dst_ref = parse_reference(dst, registry)
+    with open_image(src, registry=registry, options=options) as (src_store, src_id):
+        src_id = _require_identifier(src_store, src_id, src)
+        with open_image(dst, registry=registry, options=options, for_write=True) as (dst_store, _):
+            if dst_ref.digest is not None:
+                tag = None
+            elif isinstance(dst_ref, LayoutReference) and dst_ref.tag is None:
+                tag = _default_tag(src, registry)
+            else:
+                tag = dst_ref.tag
+            if dst_ref.digest is not None and not platforms:
+                # check before writing anything: the source must already be that digest
+                top = src_store.resolve(src_id)
+                if top.digest != dst_ref.digest:
+                    raise UsageError(f"{src} is {top.digest}, not the destination digest {dst_ref.digest}")
+            desc = copy_image(
+                src_store, src_id, dst_store, tag,
+                platforms=platforms, all_platforms=all_platforms, jobs=jobs, progress=progress,
+                referrers=referrers,
+            )
+            if dst_ref.digest is not None and desc.digest != dst_ref.digest:
+                raise UsageError(f"copied image is {desc.digest}, not the destination digest {dst_ref.digest}")
+            return desc
+
+
+def manifest(ref: str, *, registry: str | None = None, options: Any = None) -> tuple[Descriptor, bytes]:
+    """The exact manifest bytes ``ref`` names (verified), and their descriptor."""
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        return store.get_manifest(_require_identifier(store, identifier, ref))
+
+
+def digest(ref: str, *, registry: str | None = None, options: Any = None) -> Digest:
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        return store.resolve(_require_identifier(store, identifier, ref)).digest
+
+
+def _image_manifest(
+    store: "Store", desc: Descriptor, raw: bytes, platform: Platform | None
+) -> tuple[Descriptor, Manifest]:
+    """Follow an index to the image for ``platform`` (default: this machine's)."""
+    from ocibuild.transfer.copy import fetch_manifest
+
+    doc = parse_manifest(raw, desc.media_type)
+    seen: set[Digest] = set()
+    while isinstance(doc, Index):
+        if desc.digest in seen:
+            raise ManifestError(f"{store.name}: index cycle at {desc.digest}")
+        seen.add(desc.digest)
+        want = platform or host_platform()
+        child = doc.select(want)
+        if child is None:
+            available = ", ".join(str(e.platform) for e in doc.manifests if e.platform) or "none"
+            raise NotFound(f"{store.name}: no image for platform {want} (available: {available})")
+        raw = fetch_manifest(store, child)
+        desc = Descriptor(child.media_type, child.digest, child.size)
+        doc = parse_manifest(raw, child.media_type)
+    return desc, doc
+
+
+def config(
+    ref: str, *, platform: Platform | None = None, registry: str | None = None, options: Any = None
+) -> tuple[Descriptor, bytes]:
+    """The exact config blob of the image ``ref`` names (an index is resolved by ``platform``)."""
+    from ocibuild.store.base import read_blob
+
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        desc, raw = store.get_manifest(_require_identifier(store, identifier, ref))
+        _, doc = _image_manifest(store, desc, raw, platform)
+        return doc.config, read_blob(store, doc.config)
+
+
+def _desc_summary(desc: Descriptor) -> dict[str, Any]:
+    out: dict[str, Any] = {"digest": str(desc.digest), "mediaType": desc.media_type, "size": desc.size}
+    if desc.platform is not None:
+        out["platform"] = str(desc.platform)
+    if desc.annotations:
+        out["annotations"] = dict(desc.annotations)
+    if desc.urls:
+        out["urls"] = list(desc.urls)
+    return out
+
+
+def inspect(
+    ref: str, *, platform: Platform | None = None, registry: str | None = None, options: Any = None
+) -> dict[str, Any]:
+    """A JSON-able summary: digest, media type, platforms or layers, and the config's runtime settings.
+
+    An index is described by its entries; ``platform`` describes one of its images instead.
+    """
+    from ocibuild.store.base import read_blob
+
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        desc, raw = store.get_manifest(_require_identifier(store, identifier, ref))
+        doc = parse_manifest(raw, desc.media_type)
+        out: dict[str, Any] = {"reference": ref, "digest": str(desc.digest), "mediaType": doc.media_type, "size": len(raw)}
+        if isinstance(doc, Index):
+            if platform is None:
+                out["manifests"] = [_desc_summary(e) for e in doc.manifests]
+                out["platforms"] = [str(e.platform) for e in doc.manifests if e.platform]
+                if doc.annotations:
+                    out["annotations"] = dict(doc.annotations)
+                return out
+            image_desc, doc = _image_manifest(store, desc, raw, platform)
+            out["index"] = out.pop("digest")
+            out.update(digest=str(image_desc.digest), mediaType=doc.media_type, size=doc.size)
+        assert isinstance(doc, Manifest)
+        out["config"] = _desc_summary(doc.config)
+        out["layers"] = [_desc_summary(layer) for layer in doc.layers]
+        out["layersSize"] = sum(layer.size for layer in doc.layers)
+        if doc.annotations:
+            out["annotations"] = dict(doc.annotations)
+        if doc.artifact_type:
+            out["artifactType"] = doc.artifact_type
+        if doc.subject is not None:
+            out["subject"] = str(doc.subject.digest)
+        if doc.config.media_type in mt.CONFIG_TYPES:
+            cfg = ImageConfig.parse(read_blob(store, doc.config), doc.config.media_type)
+            section = cfg.get("config") or {}
+            out["platform"] = str(cfg.platform)
+            out["created"] = cfg.created
+            out["env"] = list(cfg.env)
+            out["entrypoint"] = list(section.get("Entrypoint") or []) or None
+            out["cmd"] = list(section.get("Cmd") or []) or None
+            out["user"] = section.get("User") or None
+            out["workingDir"] = section.get("WorkingDir") or None
+            out["labels"] = dict(cfg.labels)
+        return out
+
+
+def tags(repo: str, *, registry: str | None = None, options: Any = None) -> list[str]:
+    """The tags of a repository (or of a layout directory), sorted."""
+    ref = parse_reference(repo, registry)
+    if isinstance(ref, Reference) and (ref.digest is not None or (ref.tag and ref.tag != "latest")):
+        raise UsageError(f"tags takes a repository, not an image: {repo}")
+    with open_image(repo, registry=registry, options=options) as (store, _):
+        return sorted(store.tags())
+
+
+def delete(ref: str, *, registry: str | None = None, options: Any = None) -> None:
+    """Remove a tag, or a manifest by digest."""
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        if identifier is None:
+            raise UsageError(f"delete needs :TAG or @DIGEST: {ref}")
+        store.delete(identifier)

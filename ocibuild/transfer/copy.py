@@ -1,0 +1,283 @@
+"""One graph copy between any two stores (layout <-> registry, registry <-> registry, ...).
+
+The walk reads every manifest first (small, verified), then moves all blobs in parallel, then
+writes manifests children-first, and names the result (the tag) last: an interrupted copy never
+leaves a tag pointing at something incomplete. Manifest bytes are copied verbatim, so digests are
+preserved; a blob the destination already has is skipped, one on the same registry is mounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
+
+from ocibuild.errors import ManifestError, NotFound, UsageError
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.descriptor import Descriptor, Platform
+from ocibuild.oci.digest import Digest
+from ocibuild.oci.manifest import Index, Manifest, parse_manifest
+from ocibuild.store.base import verify_bytes
+from ocibuild.transfer.progress import CountingProgress, ProgressSink
+
+if TYPE_CHECKING:
+    from ocibuild.store.base import Store
+
+
+def plain(desc: Descriptor) -> Descriptor:
+    """``desc`` without the index-entry decorations (platform, annotations): what names a manifest."""
+    return Descriptor(desc.media_type, desc.digest, desc.size)
+
+
+def select_platforms(
+    src: "Store", desc: Descriptor, raw: bytes, platforms: list[Platform]
+) -> tuple[Descriptor, bytes]:
+    """Narrow an index to ``platforms``.
+
+    One platform: the matching child manifest itself (as crane does); several: a new index of the
+    matching entries (necessarily a new digest). A plain manifest is returned unchanged.
+    """
+    doc = parse_manifest(raw, desc.media_type)
+    if not isinstance(doc, Index):
+        return desc, raw
+    available = ", ".join(str(e.platform) for e in doc.manifests if e.platform) or "none"
+    if len(platforms) == 1:
+        child = doc.select(platforms[0])
+        if child is None:
+            raise NotFound(f"{src.name}: no image for platform {platforms[0]} (available: {available})")
+        child_raw = fetch_manifest(src, child)
+        child_desc = Descriptor(_declared_type(child_raw, child.media_type), child.digest, child.size)
+        return select_platforms(src, child_desc, child_raw, platforms)
+    entries = [e for e in doc.manifests if e.platform and any(p.matches(e.platform) for p in platforms)]
+    missing = [p for p in platforms if not any(e.platform and p.matches(e.platform) for e in entries)]
+    if missing:
+        wanted = ", ".join(str(p) for p in missing)
+        raise NotFound(f"{src.name}: no image for platform {wanted} (available: {available})")
+    index = Index.build(
+        entries,
+        media_type=doc.media_type,
+        annotations=doc.annotations,
+        artifact_type=doc.artifact_type,
+        subject=doc.subject,
+    )
+    return index.descriptor(), index.raw
+
+
+def fetch_manifest(src: "Store", desc: Descriptor) -> bytes:
+    """Exact bytes of the manifest ``desc`` points at (inline ``data`` needs no fetch), verified."""
+    if desc.data is not None:
+        verify_bytes(desc, desc.data)
+        return desc.data
+    got, raw = src.get_manifest(str(desc.digest))
+    verify_bytes(desc, raw)
+    return raw
+
+
+def _declared_type(raw: bytes, fallback: str) -> str:
+    try:
+        return parse_manifest(raw, fallback if mt.is_manifest_like(fallback) else None).media_type
+    except ManifestError:
+        return fallback
+
+
+def _skippable(desc: Descriptor) -> bool:
+    """Foreign / non-distributable layers that name where they live are not copied (crane does the same)."""
+    return desc.media_type in mt.NON_DISTRIBUTABLE and bool(desc.urls)
+
+
+@dataclass
+class _Plan:
+    """Everything a copy will write: manifests children-first, and the set of blobs."""
+
+    manifests: list[tuple[Descriptor, bytes]] = field(default_factory=list)
+    blobs: dict[Digest, Descriptor] = field(default_factory=dict)
+    seen: set[Digest] = field(default_factory=set)
+
+
+class _Counting(io.RawIOBase):
+    """Passes a stream through and reports the bytes read, so progress never depends on the writer."""
+
+    def __init__(self, raw: BinaryIO, report: "callable[[int], None]"):  # type: ignore[valid-type]
+        super().__init__()
+        self._raw = raw
+        self._report = report
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        chunk = self._raw.read(len(view))
+        n = len(chunk)
+        view[:n] = chunk
+        if n:
+            self._report(n)
+        return n
+
+
+class GraphCopier:
+    """Copies manifests and their blobs from ``src`` to ``dst``. One instance per copy."""
+
+    def __init__(self, src: "Store", dst: "Store", *, jobs: int = 4, progress: ProgressSink | None = None):
+        if jobs < 1:
+            raise UsageError(f"--jobs must be at least 1, got {jobs}")
+        self.src, self.dst, self.jobs = src, dst, jobs
+        self.progress: ProgressSink = progress if progress is not None else CountingProgress()
+        self._mount_from = self._mount_source()
+        self._lock = threading.Lock()
+
+    def _mount_source(self) -> str | None:
+        """The source repository when both sides are repositories of the same registry."""
+        src_registry, dst_registry = getattr(self.src, "registry", None), getattr(self.dst, "registry", None)
+        src_repo, dst_repo = getattr(self.src, "repository", None), getattr(self.dst, "repository", None)
+        if (
+            src_registry is not None
+            and src_registry == dst_registry
+            and src_repo
+            and src_repo != dst_repo
+            and hasattr(self.dst, "mount_blob")
+        ):
+            return src_repo
+        return None
+
+    # -- planning -------------------------------------------------------------------------------
+    def plan(self, desc: Descriptor, raw: bytes, plan: _Plan | None = None) -> _Plan:
+        plan = plan if plan is not None else _Plan()
+        self._visit(desc, raw, plan, ())
+        return plan
+
+    def _visit(self, desc: Descriptor, raw: bytes, plan: _Plan, path: tuple[Digest, ...]) -> None:
+        if desc.digest in path:
+            chain = " -> ".join(d.short() for d in (*path, desc.digest))
+            raise ManifestError(f"{self.src.name}: index cycle {chain}")
+        if desc.digest in plan.seen:
+            return
+        try:
+            doc = parse_manifest(raw, desc.media_type if mt.is_manifest_like(desc.media_type) else None)
+        except ManifestError:
+            if mt.is_manifest_like(desc.media_type):
+                raise
+            doc = None  # an unknown kind of manifest: copied as an opaque document, no children
+        media_type = doc.media_type if doc is not None else desc.media_type
+        if isinstance(doc, Index):
+            for child in doc.manifests:
+                self._visit(child, fetch_manifest(self.src, child), plan, (*path, desc.digest))
+        elif isinstance(doc, Manifest):
+            for blob in doc.children():
+                if not _skippable(blob):
+                    plan.blobs.setdefault(blob.digest, blob)
+        plan.seen.add(desc.digest)
+        plan.manifests.append((Descriptor(media_type, desc.digest, desc.size), raw))
+
+    # -- blobs ----------------------------------------------------------------------------------
+    def copy_blob(self, desc: Descriptor) -> str:
+        """Make ``dst`` hold ``desc``; returns how: copied, skipped or mounted."""
+        sink = self.progress
+        sink.start(desc)
+        if self.dst.has_blob(desc):
+            how = "skipped"
+        elif self._mount_from is not None and self.dst.mount_blob(desc, self._mount_from):  # type: ignore[attr-defined]
+            how = "mounted"
+        elif desc.data is not None:
+            verify_bytes(desc, desc.data)
+            self.dst.put_blob(desc, io.BytesIO(desc.data))
+            sink.advance(desc, desc.size)
+            how = "copied"
+        else:
+            with self.src.open_blob(desc) as stream:
+                reader = io.BufferedReader(_Counting(stream, lambda n: sink.advance(desc, n)), 1 << 20)
+                self.dst.put_blob(desc, reader)  # type: ignore[arg-type]
+            how = "copied"
+        sink.done(desc, how)  # type: ignore[arg-type]
+        return how
+
+    def copy_blobs(self, blobs: Iterable[Descriptor]) -> None:
+        """All blobs, ``jobs`` at a time. The first failure cancels what has not started and is raised."""
+        blobs = list(blobs)
+        if not blobs:
+            return
+        if self.jobs == 1 or len(blobs) == 1:
+            for blob in blobs:
+                self.copy_blob(blob)
+            return
+        pool = ThreadPoolExecutor(max_workers=min(self.jobs, len(blobs)), thread_name_prefix="ocibuild-copy")
+        try:
+            futures: list[Future[str]] = [pool.submit(self.copy_blob, b) for b in blobs]
+            finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in pending:
+                fut.cancel()
+            wait(pending)
+            for fut in futures:  # in submission order, so the error reported is deterministic
+                if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                    raise fut.exception()  # type: ignore[misc]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- the whole graph ------------------------------------------------------------------------
+    def copy(self, desc: Descriptor, raw: bytes, tag: str | None = None, *, referrers: bool = False) -> Descriptor:
+        plan = self.plan(desc, raw)
+        with self._writing():
+            self.copy_blobs(plan.blobs.values())
+            top = plan.manifests[-1][0]
+            for child, child_raw in plan.manifests[:-1]:
+                self.dst.put_manifest(child, child_raw)
+            if referrers:
+                self._copy_referrers(plan)
+            self.dst.put_manifest(top, plan.manifests[-1][1], tag=tag)
+        return top
+
+    def _copy_referrers(self, plan: _Plan) -> None:
+        """Copy every manifest that refers to one already copied (signatures, SBOMs), transitively."""
+        done = set(plan.seen)
+        queue = [d for d, _ in plan.manifests]
+        while queue:
+            subject = queue.pop()
+            for ref in self.src.referrers(subject):
+                if ref.digest in done:
+                    continue
+                sub = self.plan(plain(ref), fetch_manifest(self.src, ref))
+                self.copy_blobs(b for b in sub.blobs.values())
+                for child, child_raw in sub.manifests:
+                    self.dst.put_manifest(child, child_raw)
+                    done.add(child.digest)
+                    queue.append(child)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the destination's writer lock (a layout's guard against a concurrent GC) if it has one."""
+        lock = getattr(self.dst, "writer_lock", None)
+        if lock is None:
+            yield
+            return
+        with lock():
+            yield
+
+
+def copy_image(
+    src: "Store",
+    src_id: str,
+    dst: "Store",
+    dst_tag: str | None = None,
+    *,
+    platforms: list[Platform] | None = None,
+    all_platforms: bool = False,
+    jobs: int = 4,
+    progress: ProgressSink | None = None,
+    referrers: bool = False,
+) -> Descriptor:
+    """Copy the image (manifest or index) ``src_id`` names in ``src`` to ``dst``, tagging it ``dst_tag``.
+
+    Without ``platforms`` an index is copied whole, byte for byte (``all_platforms`` says so
+    explicitly). Returns the descriptor of what was written at the top.
+    """
+    if platforms and all_platforms:
+        raise UsageError("--platform and --all-platforms exclude each other")
+    desc, raw = src.get_manifest(src_id)
+    desc = Descriptor(desc.media_type, desc.digest, len(raw))
+    verify_bytes(desc, raw)
+    if platforms:
+        desc, raw = select_platforms(src, desc, raw, platforms)
+    return GraphCopier(src, dst, jobs=jobs, progress=progress).copy(desc, raw, dst_tag, referrers=referrers)
