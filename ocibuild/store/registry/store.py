@@ -1,0 +1,385 @@
+"""``RegistryStore``: the Store protocol over one repository of a registry (distribution spec v1.1)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import threading
+from typing import BinaryIO, Iterator
+from urllib.parse import urljoin
+
+import requests
+
+from ocibuild.errors import AuthError, DigestMismatch, ManifestError, NotFound, RegistryError
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.descriptor import Descriptor
+from ocibuild.oci.digest import Digest
+from ocibuild.oci.manifest import MAX_MANIFEST_BYTES, Index, Manifest, load_json, parse_manifest
+from ocibuild.oci.reference import Reference
+from ocibuild.store.base import Progress, VerifyingReader, digest_arg, verify_bytes
+from ocibuild.store.registry.auth import repository_scope
+from ocibuild.store.registry.client import RegistryClient, RegistryOptions, error_message
+from ocibuild.store.registry.upload import BlobUpload
+
+log = logging.getLogger(__name__)
+
+MANIFEST_ACCEPT = ", ".join(mt.MANIFEST_ACCEPT)
+SMALL_BLOB = 1024 * 1024
+_TAGS_PAGE = 1000
+_FALLBACK_BAD = re.compile(r"[^a-zA-Z0-9_.-]")
+
+
+def fallback_tag(digest: Digest) -> str:
+    """The referrers fallback tag: ``<alg>-<encoded>`` truncated and sanitised (``sha256-<hex>``)."""
+    return _FALLBACK_BAD.sub("-", f"{digest.algorithm[:32]}-{digest.encoded[:64]}")
+
+
+def _content_type(resp: requests.Response) -> str | None:
+    value = resp.headers.get("Content-Type")
+    return value.split(";", 1)[0].strip() if value else None
+
+
+def _read_capped(resp: requests.Response, what: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+    length = resp.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > limit:
+        resp.close()
+        raise ManifestError(f"{what} is {length} bytes, over the {limit} byte limit")
+    out = bytearray()
+    for chunk in resp.iter_content(64 * 1024):
+        out += chunk
+        if len(out) > limit:
+            resp.close()
+            raise ManifestError(f"{what} is over the {limit} byte limit")
+    return bytes(out)
+
+
+class RegistryStore:
+    """One repository of a registry. Every read is verified; every write is checked."""
+
+    def __init__(self, ref: Reference, options: RegistryOptions | None = None, client: RegistryClient | None = None):
+        self._ref = ref
+        self._owns_client = client is None
+        self._client = client or RegistryClient(ref.registry, options)
+        self._fallback_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RegistryStore({self.name!r})"
+
+    @property
+    def registry(self) -> str:
+        return self._ref.registry
+
+    @property
+    def repository(self) -> str:
+        return self._ref.repository
+
+    @property
+    def client(self) -> RegistryClient:
+        return self._client
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def _pull(self) -> tuple[str, ...]:
+        return (repository_scope(self.repository, "pull"),)
+
+    @property
+    def _push(self) -> tuple[str, ...]:
+        return (repository_scope(self.repository, "pull", "push"),)
+
+    def _fail(self, resp: requests.Response, what: str) -> Exception:
+        text, code = error_message(resp)
+        resp.close()
+        if resp.status_code in (401, 403):
+            return AuthError(f"{self.name}: {what}: not authorized ({text}); check `ocibuild login {self.registry}`")
+        if resp.status_code == 404:
+            return NotFound(f"{self.name}: {what}: not found")
+        return RegistryError(f"{self.name}: {what}: {text}", resp.status_code, code)
+
+    def _warn(self, resp: requests.Response) -> None:
+        for value in resp.headers.get("Warning", "").split(","):
+            if value.strip().startswith("299"):
+                log.warning("%s: registry warning: %s", self.registry, value.strip()[:300])
+
+    # -- manifests ----------------------------------------------------------------------------------
+
+    def _manifest_url(self, identifier: str) -> str:
+        return f"/v2/{self.repository}/manifests/{identifier}"
+
+    def resolve(self, identifier: str) -> Descriptor:
+        digest = digest_arg(identifier)
+        resp = self._client.request(
+            "HEAD", self._manifest_url(identifier), scopes=self._pull, headers={"Accept": MANIFEST_ACCEPT}
+        )
+        if resp.status_code != 200:
+            raise self._fail(resp, f"manifest {identifier}")
+        header, ctype = resp.headers.get("Docker-Content-Digest"), _content_type(resp)
+        length = resp.headers.get("Content-Length")
+        resp.close()
+        if header and length and length.isdigit() and mt.is_manifest_like(ctype):
+            got = Digest.parse(header)
+            if digest is not None and got != digest:
+                raise DigestMismatch(f"{self.name}: asked for {digest}, registry answered {got}")
+            return Descriptor(ctype, got, int(length))  # type: ignore[arg-type]
+        desc, _ = self.get_manifest(identifier)
+        return desc
+
+    def get_manifest(self, identifier: str) -> tuple[Descriptor, bytes]:
+        digest = digest_arg(identifier)
+        resp = self._client.request(
+            "GET", self._manifest_url(identifier), scopes=self._pull, headers={"Accept": MANIFEST_ACCEPT}, stream=True
+        )
+        if resp.status_code != 200:
+            raise self._fail(resp, f"manifest {identifier}")
+        self._warn(resp)
+        raw = _read_capped(resp, f"{self.name}: manifest {identifier}")
+        header = resp.headers.get("Docker-Content-Digest")
+        expected = digest
+        if header:
+            try:
+                announced = Digest.parse(header)
+            except Exception:
+                raise ManifestError(f"{self.name}: registry sent an invalid Docker-Content-Digest") from None
+            if digest is not None and announced != digest:
+                raise DigestMismatch(f"{self.name}: asked for {digest}, registry answered {announced}")
+            expected = expected or announced
+        actual = Digest.of(raw, expected.algorithm if expected is not None and expected.supported else "sha256")
+        if expected is not None and actual != expected:
+            raise DigestMismatch(f"{self.name}: manifest {identifier} hashes to {actual}, expected {expected}")
+        ctype = _content_type(resp)
+        parsed = parse_manifest(raw, ctype)  # refuses a mediaType that contradicts Content-Type
+        return Descriptor(parsed.media_type, actual, len(raw)), raw
+
+    def put_manifest(self, desc: Descriptor, raw: bytes, tag: str | None = None) -> Descriptor:
+        verify_bytes(desc, raw)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"manifest {desc.digest} is over the {MAX_MANIFEST_BYTES} byte limit")
+        parsed = parse_manifest(raw, desc.media_type) if mt.is_manifest_like(desc.media_type) else None
+        resp = self._client.request(
+            "PUT",
+            self._manifest_url(tag or str(desc.digest)),
+            scopes=self._push,
+            headers={"Content-Type": desc.media_type},
+            body=raw,
+        )
+        if resp.status_code not in (200, 201, 202):
+            raise self._fail(resp, f"push manifest {desc.digest.short()}")
+        self._warn(resp)
+        got = resp.headers.get("Docker-Content-Digest")
+        if got and got != str(desc.digest):
+            raise DigestMismatch(f"{self.name}: registry stored manifest as {got}, expected {desc.digest}")
+        has_subject_api = "OCI-Subject" in resp.headers
+        resp.close()
+        subject = getattr(parsed, "subject", None)
+        if subject is not None and not has_subject_api:
+            self._add_to_fallback(subject, desc, parsed)  # type: ignore[arg-type]
+        return Descriptor(desc.media_type, desc.digest, desc.size)
+
+    def tag(self, desc: Descriptor, tag: str) -> None:
+        got, raw = self.get_manifest(str(desc.digest))
+        self.put_manifest(got, raw, tag=tag)
+
+    def delete(self, identifier: str) -> None:
+        digest = digest_arg(identifier)
+        resp = self._client.request(
+            "DELETE", self._manifest_url(identifier), scopes=(repository_scope(self.repository, "*"),)
+        )
+        if resp.status_code in (200, 202, 204):
+            resp.close()
+            return
+        if digest is None and resp.status_code in (400, 405):
+            resp.close()
+            raise RegistryError(
+                f"{self.name}: this registry cannot delete tags; deleting by digest removes the manifest "
+                f"and every tag pointing at it",
+                resp.status_code,
+            )
+        if resp.status_code == 405:
+            resp.close()
+            raise RegistryError(f"{self.name}: deletes are disabled on this registry", 405)
+        raise self._fail(resp, f"delete {identifier}")
+
+    def tags(self) -> list[str]:
+        found: list[str] = []
+        url: str | None = f"/v2/{self.repository}/tags/list"
+        params: dict[str, str] | None = {"n": str(_TAGS_PAGE)}
+        seen_urls: set[str] = set()
+        while url is not None:
+            resp = self._client.request("GET", url, scopes=self._pull, params=params)
+            if resp.status_code != 200:
+                raise self._fail(resp, "list tags")
+            try:
+                doc = load_json(resp.content, "tag list")
+            except ManifestError:
+                raise RegistryError(f"{self.name}: tag list is not valid JSON") from None
+            page = doc.get("tags") if isinstance(doc, dict) else None
+            found.extend(t for t in page or [] if isinstance(t, str))
+            nxt = resp.links.get("next", {}).get("url")
+            resp.close()
+            if not nxt:
+                break
+            url = urljoin(resp.url, nxt)
+            if url in seen_urls:
+                break
+            seen_urls.add(url)
+            params = None
+        return sorted(set(found))
+
+    # -- blobs --------------------------------------------------------------------------------------
+
+    def _blob_url(self, digest: Digest) -> str:
+        return f"/v2/{self.repository}/blobs/{digest}"
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        resp = self._client.request("HEAD", self._blob_url(desc.digest), scopes=self._pull)
+        resp.close()
+        if resp.status_code == 200:
+            return True
+        if resp.status_code == 404:
+            return False
+        raise self._fail(resp, f"blob {desc.digest.short()}")
+
+    @contextlib.contextmanager
+    def open_blob(self, desc: Descriptor) -> Iterator[BinaryIO]:
+        resp = self._client.request(
+            "GET",
+            self._blob_url(desc.digest),
+            scopes=self._pull,
+            headers={"Accept-Encoding": "identity"},
+            stream=True,
+        )
+        if resp.status_code != 200:
+            raise self._fail(resp, f"blob {desc.digest.short()}")
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) != desc.size:
+            resp.close()
+            raise DigestMismatch(f"{self.name}: blob {desc.digest} is {length} bytes, expected {desc.size}")
+        resp.raw.decode_content = True
+        reader = io.BufferedReader(VerifyingReader(resp.raw, desc, on_close=resp.close), buffer_size=1 << 20)
+        try:
+            yield reader  # type: ignore[misc]
+        finally:
+            reader.close()
+
+    def put_blob(self, desc: Descriptor, stream: BinaryIO, progress: Progress | None = None) -> None:
+        if self.has_blob(desc):
+            return
+        upload = BlobUpload(self._client, self.repository, desc, self._push)
+        upload.start()
+        self._send(upload, stream, progress)
+
+    def _send(self, upload: BlobUpload, stream: BinaryIO, progress: Progress | None) -> None:
+        desc = upload.desc
+        try:
+            if desc.size <= SMALL_BLOB:
+                upload.send_small(stream, progress)
+            elif desc.size > self._client.options.chunk_threshold:
+                upload.send_chunked(stream, self._client.options.chunk_size, progress)
+            else:
+                upload.send_stream(stream, progress)
+        except BaseException:
+            upload.cancel()
+            raise
+
+    def mount_blob(self, desc: Descriptor, from_repository: str) -> bool:
+        """Cross-repository mount. False (nothing mounted) means: upload it instead."""
+        scopes = (repository_scope(from_repository, "pull"), *self._push)
+        try:
+            resp = self._client.request(
+                "POST",
+                f"/v2/{self.repository}/blobs/uploads/",
+                scopes=scopes,
+                params={"mount": str(desc.digest), "from": from_repository},
+                headers={"Content-Length": "0"},
+            )
+        except AuthError:
+            return False
+        if resp.status_code == 201:
+            resp.close()
+            return True
+        if resp.status_code == 202:
+            upload = BlobUpload(self._client, self.repository, desc, self._push)
+            try:
+                upload.adopt(resp)
+            except RegistryError:
+                return False
+            upload.cancel()
+            return False
+        resp.close()
+        if resp.status_code in (400, 401, 403, 404, 405):
+            return False
+        raise self._fail(resp, f"mount {desc.digest.short()} from {from_repository}")
+
+    # -- referrers ----------------------------------------------------------------------------------
+
+    def referrers(self, subject: Descriptor, artifact_type: str | None = None) -> list[Descriptor]:
+        params = {"artifactType": artifact_type} if artifact_type else None
+        url: str | None = f"/v2/{self.repository}/referrers/{subject.digest}"
+        found: list[Descriptor] = []
+        filtered = False
+        while url is not None:
+            resp = self._client.request(
+                "GET", url, scopes=self._pull, params=params, headers={"Accept": mt.OCI_INDEX}
+            )
+            if resp.status_code == 404 and not found:
+                resp.close()
+                return self._fallback_referrers(subject, artifact_type)
+            if resp.status_code != 200:
+                raise self._fail(resp, f"referrers of {subject.digest.short()}")
+            index = Index.parse(_read_capped(resp, "referrers index"))
+            found.extend(index.manifests)
+            filtered = filtered or "artifactType" in resp.headers.get("OCI-Filters-Applied", "")
+            nxt = resp.links.get("next", {}).get("url")
+            url, params = (urljoin(resp.url, nxt) if nxt else None), None
+        if artifact_type and not filtered:
+            found = [d for d in found if d.artifact_type == artifact_type]
+        return found
+
+    def _fallback_index(self, subject: Digest) -> list[Descriptor]:
+        try:
+            desc, raw = self.get_manifest(fallback_tag(subject))
+        except NotFound:
+            return []
+        parsed = parse_manifest(raw, desc.media_type)
+        if not isinstance(parsed, Index):
+            raise ManifestError(f"{self.name}: referrers fallback tag {fallback_tag(subject)} is not an index")
+        return list(parsed.manifests)
+
+    def _fallback_referrers(self, subject: Descriptor, artifact_type: str | None) -> list[Descriptor]:
+        entries = self._fallback_index(subject.digest)
+        return [d for d in entries if artifact_type is None or d.artifact_type == artifact_type]
+
+    def _add_to_fallback(self, subject: Descriptor, desc: Descriptor, parsed: Manifest | Index) -> None:
+        """Read-modify-write of the ``sha256-<hex>`` fallback index (registries without referrers API)."""
+        artifact = parsed.artifact_type or (parsed.config.media_type if isinstance(parsed, Manifest) else None)
+        entry = Descriptor(
+            desc.media_type, desc.digest, desc.size, annotations=dict(parsed.annotations), artifact_type=artifact
+        )
+        with self._fallback_lock:
+            entries = [d for d in self._fallback_index(subject.digest) if d.digest != desc.digest]
+            entries.append(entry)
+            index = Index.build(entries)
+            self.put_manifest(index.descriptor(), index.raw, tag=fallback_tag(subject.digest))
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+
+_clients: dict[tuple[str, RegistryOptions], RegistryClient] = {}
+_clients_lock = threading.Lock()
+
+
+def get_registry_store(ref: Reference, options: RegistryOptions | None = None) -> RegistryStore:
+    """A store for ``ref``'s repository sharing one client (pool, tokens) per (host, options)."""
+    options = options or RegistryOptions()
+    key = (ref.api_host, options)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = RegistryClient(ref.registry, options)
+    return RegistryStore(ref, options, client=client)
