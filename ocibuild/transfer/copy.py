@@ -20,7 +20,7 @@ from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor, Platform
 from ocibuild.oci.digest import Digest
 from ocibuild.oci.manifest import Index, Manifest, parse_manifest
-from ocibuild.store.base import verify_bytes
+from ocibuild.store.base import read_blob, verify_bytes
 from ocibuild.transfer.progress import CountingProgress, ProgressSink
 
 if TYPE_CHECKING:
@@ -71,7 +71,13 @@ def fetch_manifest(src: "Store", desc: Descriptor) -> bytes:
     if desc.data is not None:
         verify_bytes(desc, desc.data)
         return desc.data
-    got, raw = src.get_manifest(str(desc.digest))
+    try:
+        _, raw = src.get_manifest(str(desc.digest))
+    except NotFound:
+        if mt.is_manifest_like(desc.media_type):
+            raise
+        # an unknown kind of document: a layout keeps it as a plain blob
+        return read_blob(src, plain(desc))
     verify_bytes(desc, raw)
     return raw
 
