@@ -1,0 +1,68 @@
+"""Shared helpers for the benchmark scripts: peers run in the same invocation, ratios printed.
+
+Benchmarks are not tests: they print a table and never assert. Every figure is compared as a ratio
+against a peer measured in the same run, because the shared machine's absolute speed drifts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # for tests.support (the real registry fixture) and a source checkout
+
+
+@dataclass
+class Run:
+    seconds: float
+    max_rss_mib: float
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Run:
+    """Run ``cmd`` to completion; wall time and the child's peak RSS (from wait4)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{stderr[-2000:]}")
+    return Run(seconds, usage.ru_maxrss / 1024)
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        raise SystemExit(f"{name} is not installed: run ./run-tests once (it installs the peers) or apt-get install it")
+    return path
+
+
+def ocibuild_cmd() -> list[str]:
+    exe = shutil.which("ocibuild")
+    return [exe] if exe else [sys.executable, "-m", "ocibuild.cli.main"]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    print(f"\n{title}")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+
+
+def scratch_dir(prefix: str) -> Path:
+    base = os.environ.get("OCIBUILD_BENCH_DIR") or tempfile.gettempdir()
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
