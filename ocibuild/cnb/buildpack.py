@@ -1,0 +1,774 @@
+"""Buildpack sources and the frozen ``Buildpack`` model, with pack's layer conventions.
+
+A buildpack can come from a directory holding ``buildpack.toml``, a ``.tgz`` of such a directory,
+a ``.cnb`` buildpackage (an OCI image layout in a tar) or a buildpackage image reference. Each
+becomes one ``Buildpack`` per id@version (a composite brings its dependencies), and each can produce
+its distribution layer: ``cnb/buildpacks/<id with / as _>/<version>/...``.
+
+Layer tars follow pack's ``toDistTar`` (buildpacks/pack:pkg/buildpack/buildpack.go): two directory
+entries for the escaped id and the version, every source entry prefixed by the version dir (hardlink
+targets too), mtime 1980-01-01T00:00:01Z, uid/gid 0, empty user/group names, directories and
+executables 0755, everything else 0644. Directories are read in lexical walk order, archives in
+their own order. Names are relative (no leading ``/``), as OCI layers usually are.
+
+The minimal ``buildpack.toml`` parsing here overlaps ``ocibuild.cnb.descriptor``; it reads only
+what distribution needs (info, api, stacks, targets, order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import posixpath
+import tarfile
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
+
+from ocibuild.cnb.errors import DescriptorError
+from ocibuild.errors import ManifestError, NotFound, UsageError
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.descriptor import Descriptor, Platform
+from ocibuild.oci.digest import Digest
+from ocibuild.oci.manifest import ImageConfig, Index, Manifest, load_json, parse_manifest
+
+NORMALIZED_MTIME = 315532801  # 1980-01-01T00:00:01Z, pack's archive.NormalizedDateTime
+NORMALIZED_TIME = "1980-01-01T00:00:01Z"
+BUILDPACKS_DIR = "cnb/buildpacks"
+ASSUMED_API = "0.1"  # pack's dist.AssumedBuildpackAPIVersion
+LABEL_BUILDPACKAGE = "io.buildpacks.buildpackage.metadata"
+LABEL_LAYERS = "io.buildpacks.buildpack.layers"
+_CHUNK = 1 << 20
+_EXEC_NAMES = frozenset({"bin/build", "bin/detect", "bin/generate"})
+
+
+def escape_id(buildpack_id: str) -> str:
+    """pack's ``EscapedID``: only ``/`` is replaced."""
+    return buildpack_id.replace("/", "_")
+
+
+# ---------------------------------------------------------------------------------------------
+# The model: refs, orders, stacks, targets, buildpacks
+
+
+@dataclass(frozen=True)
+class ModuleRef:
+    """One element of an order group (pack's ``dist.ModuleRef``)."""
+
+    id: str
+    version: str = ""
+    optional: bool = False
+
+    @classmethod
+    def parse(cls, text: str, optional: bool = False) -> "ModuleRef":
+        """``id`` or ``id@version``."""
+        bp_id, _, version = text.partition("@")
+        if not bp_id:
+            raise UsageError(f"invalid buildpack reference {text!r}: expected id[@version]")
+        return cls(bp_id, version, optional)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], what: str = "order") -> "ModuleRef":
+        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not data["id"]:
+            raise DescriptorError(f"{what}: every group element needs a string id")
+        version = data.get("version", "")
+        optional = data.get("optional", False)
+        if not isinstance(version, str) or not isinstance(optional, bool):
+            raise DescriptorError(f"{what}: {data['id']}: version must be a string and optional a boolean")
+        return cls(data["id"], version, optional)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/TOML field order and omitempty of pack's ModuleRef (id, version, optional)."""
+        out: dict[str, Any] = {"id": self.id}
+        if self.version:
+            out["version"] = self.version
+        if self.optional:
+            out["optional"] = True
+        return out
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.id}@{self.version}" if self.version else self.id
+
+
+Group = tuple[ModuleRef, ...]
+Order = tuple[Group, ...]
+
+
+def order_from_json(value: Any, what: str = "order") -> Order:
+    """``[{"group": [...]}, ...]`` (label) or ``[[order]]`` tables (TOML) -> Order."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise DescriptorError(f"{what} must be a list of groups")
+    groups = []
+    for entry in value:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("group", []), list):
+            raise DescriptorError(f"{what}: each entry must have a group list")
+        groups.append(tuple(ModuleRef.from_dict(r, what) for r in entry.get("group") or []))
+    return tuple(groups)
+
+
+def order_to_json(order: Order) -> list[dict[str, Any]]:
+    return [{"group": [ref.to_dict() for ref in group]} for group in order]
+
+
+def _str_list(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DescriptorError(f"{what} must be a list of strings")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class Stack:
+    id: str
+    mixins: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Stack":
+        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
+            raise DescriptorError("stacks: every stack needs a string id")
+        return cls(data["id"], _str_list(data.get("mixins"), "stack mixins"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id}
+        if self.mixins:
+            out["mixins"] = list(self.mixins)
+        return out
+
+
+@dataclass(frozen=True)
+class Distro:
+    name: str = ""
+    version: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        out = {}
+        if self.name:
+            out["name"] = self.name
+        if self.version:
+            out["version"] = self.version
+        return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """``[[targets]]`` of buildpack.toml; JSON shape of pack's ``dist.Target``."""
+
+    os: str = ""
+    arch: str = ""
+    variant: str = ""
+    distros: tuple[Distro, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Target":
+        if not isinstance(data, Mapping):
+            raise DescriptorError("targets: every target must be a table")
+        distros = []
+        for d in data.get("distros") or data.get("distributions") or []:
+            if not isinstance(d, Mapping):
+                raise DescriptorError("targets: distros must be tables")
+            version = d.get("version") or (d.get("versions") or [""])[0]  # older spelling: versions = [...]
+            distros.append(Distro(str(d.get("name", "")), str(version)))
+        return cls(str(data.get("os", "")), str(data.get("arch", "")), str(data.get("variant", "")), tuple(distros))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"os": self.os, "arch": self.arch}
+        if self.variant:
+            out["variant"] = self.variant
+        if self.distros:
+            out["distros"] = [d.to_dict() for d in self.distros]
+        return out
+
+
+@dataclass(frozen=True)
+class License:
+    type: str = ""
+    uri: str = ""
+
+
+@dataclass(frozen=True)
+class Buildpack:
+    """One buildpack id@version and where its content comes from. Immutable; identity is id@version
+    plus the layer diffID it produces."""
+
+    id: str
+    version: str
+    api: str = ASSUMED_API
+    name: str = ""
+    homepage: str = ""
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+    licenses: tuple[License, ...] = ()
+    stacks: tuple[Stack, ...] = ()
+    targets: tuple[Target, ...] = ()
+    order: Order = ()
+    source: "LayerSource" = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.id}@{self.version}"
+
+    @property
+    def escaped_id(self) -> str:
+        return escape_id(self.id)
+
+    @property
+    def is_composite(self) -> bool:
+        return bool(self.order)
+
+    def info_json(self) -> dict[str, Any]:
+        """pack's ``dist.ModuleInfo`` as it appears in ``io.buildpacks.builder.metadata``."""
+        out: dict[str, Any] = {"id": self.id}
+        if self.name:
+            out["name"] = self.name
+        if self.version:
+            out["version"] = self.version
+        if self.description:
+            out["description"] = self.description
+        if self.homepage:
+            out["homepage"] = self.homepage
+        if self.keywords:
+            out["keywords"] = list(self.keywords)
+        if self.licenses:
+            out["licenses"] = [{"type": lic.type, "uri": lic.uri} for lic in self.licenses]
+        return out
+
+    def layer_info_json(self, diff_id: Digest | str) -> dict[str, Any]:
+        """pack's ``dist.ModuleLayerInfo`` (an entry of ``io.buildpacks.buildpack.layers``)."""
+        out: dict[str, Any] = {"api": self.api}
+        if self.stacks:
+            out["stacks"] = [s.to_dict() for s in self.stacks]
+        if self.targets:
+            out["targets"] = [t.to_dict() for t in self.targets]
+        if self.order:
+            out["order"] = order_to_json(self.order)
+        out["layerDiffID"] = str(diff_id)
+        if self.homepage:
+            out["homepage"] = self.homepage
+        if self.name:
+            out["name"] = self.name
+        return out
+
+    def build_layer(self, workdir: str | os.PathLike[str]) -> "LayerBlob":
+        """The distribution layer of this buildpack (written to ``workdir`` if it must be made)."""
+        if self.source is None:
+            raise UsageError(f"buildpack {self.full_name} has no content to make a layer from")
+        return self.source.layer(self, Path(workdir))
+
+
+def parse_descriptor(text: str, where: str) -> Buildpack:
+    """A ``buildpack.toml`` -> Buildpack without content (the minimal reading distribution needs)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DescriptorError(f"{where}: invalid TOML: {exc}") from None
+    info = doc.get("buildpack")
+    if not isinstance(info, Mapping):
+        raise DescriptorError(f"{where}: missing [buildpack] table")
+    bp_id, version = info.get("id"), info.get("version")
+    if not isinstance(bp_id, str) or not bp_id:
+        raise DescriptorError(f"{where}: buildpack.id is required")
+    if not isinstance(version, str) or not version:
+        raise DescriptorError(f"{where}: buildpack.version is required")
+    api = doc.get("api", ASSUMED_API)
+    if not isinstance(api, str):
+        raise DescriptorError(f"{where}: api must be a string")
+    stacks = tuple(Stack.from_dict(s) for s in doc.get("stacks") or [])
+    targets = tuple(Target.from_dict(t) for t in doc.get("targets") or [])
+    order = order_from_json(doc.get("order"), f"{where}: order")
+    if order and (stacks or targets):
+        raise DescriptorError(f"{where}: buildpack {bp_id}@{version} cannot have both targets/stacks and an order")
+    licenses = tuple(
+        License(str(lic.get("type", "")), str(lic.get("uri", ""))) for lic in info.get("licenses") or [] if isinstance(lic, Mapping)
+    )
+    return Buildpack(
+        id=bp_id,
+        version=version,
+        api=api,
+        name=str(info.get("name", "")),
+        homepage=str(info.get("homepage", "")),
+        description=str(info.get("description", "")),
+        keywords=_str_list(info.get("keywords"), f"{where}: keywords"),
+        licenses=licenses,
+        stacks=stacks,
+        targets=targets,
+        order=order,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers: a gzip blob with known digest, size and diffID, made once and published on demand
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """A gzip layer blob whose digest, size and diffID are known; ``open`` streams its bytes."""
+
+    digest: Digest
+    size: int
+    diff_id: Digest
+    open: Callable[[], ContextManager[BinaryIO]] = field(compare=False, repr=False)
+    media_type: str = mt.OCI_LAYER_GZIP
+
+    def descriptor(self, docker: bool = False) -> Descriptor:
+        return Descriptor(mt.DOCKER_LAYER if docker else mt.OCI_LAYER_GZIP, self.digest, self.size)
+
+    def publish(self, store: Any, *, docker: bool = False, before_publish: Callable[[Descriptor], None] | None = None) -> Descriptor:
+        """Write the blob into ``store`` unless it is already there; return its descriptor."""
+        desc = self.descriptor(docker)
+        if store.has_blob(desc):
+            return desc
+        with self.open() as stream:
+            if before_publish is not None:
+                store.put_blob(desc, stream, before_publish=before_publish)
+            else:
+                store.put_blob(desc, stream)
+        return desc
+
+
+class _HashingSink(io.RawIOBase):
+    """Writes through to ``raw`` and hashes (sha256) and counts what passes."""
+
+    def __init__(self, raw: BinaryIO):
+        super().__init__()
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        self._raw.write(view)
+        self.hash.update(view)
+        self.size += len(view)
+        return len(view)
+
+
+Member = tuple[tarfile.TarInfo, Callable[[], ContextManager[BinaryIO]] | None]
+"""A tar entry and, for regular files, a way to open its content."""
+
+
+def write_tar_layer(path: Path, members: Iterable[Member]) -> LayerBlob:
+    """Stream ``members`` as a tar through gzip into ``path``; hash the tar (diffID) and the blob.
+
+    gzip with mtime 0 and a fixed level, so the same members give the same bytes. Kept here until
+    ``ocibuild.layer.compress.write_layer`` can be used for the same job.
+    """
+    with open(path, "wb") as raw:
+        blob_sink = _HashingSink(raw)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=blob_sink, compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
+            tar_sink = _HashingSink(gz)  # type: ignore[arg-type]
+            with tarfile.open(fileobj=tar_sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                for info, opener in members:
+                    if opener is not None and info.isreg():
+                        with opener() as stream:
+                            tar.addfile(info, stream)
+                    else:
+                        tar.addfile(info)
+        raw.flush()
+        os.fsync(raw.fileno())
+    digest = Digest("sha256", blob_sink.hash.hexdigest())
+    diff_id = Digest("sha256", tar_sink.hash.hexdigest())
+    return LayerBlob(digest, blob_sink.size, diff_id, lambda: open(path, "rb"))
+
+
+def tar_entry(name: str, *, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, size: int = 0,
+              uid: int = 0, gid: int = 0, linkname: str = "") -> tarfile.TarInfo:
+    """A normalized tar header: pack's mtime, empty user and group names."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.size = size if kind == tarfile.REGTYPE else 0
+    info.mtime = NORMALIZED_MTIME
+    info.uid, info.gid = uid, gid
+    info.uname = info.gname = ""
+    info.linkname = linkname
+    return info
+
+
+def bytes_member(name: str, data: bytes, mode: int = 0o644) -> Member:
+    return tar_entry(name, mode=mode, size=len(data)), lambda: contextlib.closing(io.BytesIO(data))  # type: ignore[return-value]
+
+
+def _dist_mode(info: tarfile.TarInfo, rel: str) -> int:
+    if info.isdir() or rel in _EXEC_NAMES or info.mode & 0o111:
+        return 0o755
+    return 0o644
+
+
+def dist_members(bp: Buildpack, entries: Iterable[Member]) -> Iterator[Member]:
+    """pack's ``toDistTar``: root-relative entries re-homed under ``cnb/buildpacks/<id>/<version>``."""
+    id_dir = f"{BUILDPACKS_DIR}/{bp.escaped_id}"
+    base = f"{id_dir}/{bp.version}"
+    yield tar_entry(id_dir, kind=tarfile.DIRTYPE, mode=0o755), None
+    yield tar_entry(base, kind=tarfile.DIRTYPE, mode=0o755), None
+    for info, opener in entries:
+        rel = posixpath.normpath(info.name)
+        if rel in (".", "/", "") or rel.startswith("../") or rel == ".." or rel.startswith("/"):
+            continue
+        out = tar_entry(
+            f"{base}/{rel}",
+            kind=info.type,
+            mode=_dist_mode(info, rel),
+            size=info.size,
+            linkname=f"{base}/{posixpath.normpath(info.linkname)}" if info.islnk() else info.linkname,
+        )
+        if info.ischr() or info.isblk():
+            out.devmajor, out.devminor = info.devmajor, info.devminor
+        yield out, opener
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+class LayerSource:
+    """Where a buildpack's content lives; subclasses make (or find) its distribution layer."""
+
+    def layer(self, bp: Buildpack, workdir: Path) -> LayerBlob:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class DirectorySource(LayerSource):
+    """A buildpack directory (``buildpack.toml`` at its root)."""
+
+    path: Path
+
+    def entries(self) -> Iterator[Member]:
+        """The directory in ``filepath.Walk`` order: lexical, depth-first, not following symlinks."""
+        def walk(directory: Path, prefix: str) -> Iterator[Member]:
+            for name in sorted(os.listdir(directory)):
+                full = directory / name
+                rel = f"{prefix}{name}"
+                st = full.lstat()
+                if os.path.islink(full):
+                    yield tar_entry(rel, kind=tarfile.SYMTYPE, mode=st.st_mode & 0o7777, linkname=os.readlink(full)), None
+                elif full.is_dir():
+                    yield tar_entry(rel, kind=tarfile.DIRTYPE, mode=st.st_mode & 0o7777), None
+                    yield from walk(full, rel + "/")
+                elif full.is_file():
+                    yield tar_entry(rel, mode=st.st_mode & 0o7777, size=st.st_size), (lambda p=full: open(p, "rb"))
+                # sockets, fifos and devices in a buildpack directory are skipped
+        yield from walk(self.path, "")
+
+    def layer(self, bp: Buildpack, workdir: Path) -> LayerBlob:
+        return write_tar_layer(workdir / f"{bp.escaped_id}.{bp.version}.tar.gz", dist_members(bp, self.entries()))
+
+
+@dataclass(frozen=True)
+class ArchiveSource(LayerSource):
+    """A ``.tgz`` (or ``.tar``) of a buildpack directory, read in archive order."""
+
+    path: Path
+
+    def entries(self) -> Iterator[Member]:
+        with tarfile.open(self.path, "r:*") as tar:
+            for info in tar:
+                if info.isreg():
+                    data_info = info
+                    yield info, (lambda i=data_info, t=tar: contextlib.closing(t.extractfile(i)))  # type: ignore[misc]
+                else:
+                    yield info, None
+
+    def read(self, name: str) -> bytes | None:
+        with tarfile.open(self.path, "r:*") as tar:
+            for info in tar:
+                if posixpath.normpath(info.name) == name and info.isreg():
+                    return tar.extractfile(info).read()  # type: ignore[union-attr]
+        return None
+
+    def layer(self, bp: Buildpack, workdir: Path) -> LayerBlob:
+        return write_tar_layer(workdir / f"{bp.escaped_id}.{bp.version}.tar.gz", dist_members(bp, self.entries()))
+
+
+@dataclass(frozen=True)
+class PackagedLayer(LayerSource):
+    """A layer of a buildpackage: already in distribution form, used byte for byte."""
+
+    descriptor: Descriptor
+    diff_id: Digest
+    opener: Callable[[Descriptor], ContextManager[BinaryIO]] = field(compare=False, repr=False)
+
+    def layer(self, bp: Buildpack, workdir: Path) -> LayerBlob:
+        if mt.compression_of(self.descriptor.media_type) != "gzip":
+            # Re-compress so every layer ocibuild adds is gzip (pack's packages always are).
+            path = workdir / f"{bp.escaped_id}.{bp.version}.tar.gz"
+            return _recompress(self, path)
+        return LayerBlob(self.descriptor.digest, self.descriptor.size, self.diff_id, lambda: self.opener(self.descriptor))
+
+
+def _recompress(src: PackagedLayer, path: Path) -> LayerBlob:
+    import zstandard
+
+    with src.opener(src.descriptor) as stream, open(path, "wb") as raw:
+        blob_sink = _HashingSink(raw)
+        tar_hash = hashlib.sha256()
+        if mt.compression_of(src.descriptor.media_type) == "zstd":
+            stream = zstandard.ZstdDecompressor().stream_reader(stream)  # type: ignore[assignment]
+        with gzip.GzipFile(filename="", mode="wb", fileobj=blob_sink, compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
+            while chunk := stream.read(_CHUNK):
+                tar_hash.update(chunk)
+                gz.write(chunk)
+        raw.flush()
+        os.fsync(raw.fileno())
+    if Digest("sha256", tar_hash.hexdigest()) != src.diff_id:
+        raise ManifestError(f"layer {src.descriptor.digest}: content does not match diffID {src.diff_id}")
+    return LayerBlob(Digest("sha256", blob_sink.hash.hexdigest()), blob_sink.size, src.diff_id, lambda: open(path, "rb"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Buildpackages (.cnb files and images)
+
+
+class _TarLayout:
+    """Read-only view of an OCI image layout stored in an uncompressed tar (a ``.cnb`` file)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with tarfile.open(path, "r:") as tar:
+            self._members = {posixpath.normpath(m.name).lstrip("/"): m for m in tar.getmembers() if m.isreg()}
+        if "oci-layout" not in self._members or "index.json" not in self._members:
+            raise UsageError(f"{path}: not a buildpackage (no oci-layout/index.json inside)")
+
+    def read_small(self, name: str) -> bytes:
+        with tarfile.open(self.path, "r:") as tar:
+            return tar.extractfile(self._members[name]).read()  # type: ignore[union-attr]
+
+    @contextlib.contextmanager
+    def open_blob(self, desc: Descriptor) -> Iterator[BinaryIO]:
+        from ocibuild.store.base import VerifyingReader
+
+        name = f"blobs/{desc.digest.algorithm}/{desc.digest.encoded}"
+        if name not in self._members:
+            raise NotFound(f"{self.path}: blob {desc.digest} is missing")
+        with tarfile.open(self.path, "r:") as tar:
+            raw = tar.extractfile(self._members[name])
+            reader = VerifyingReader(raw, desc)  # type: ignore[arg-type]
+            with io.BufferedReader(reader, _CHUNK) as stream:
+                yield stream  # type: ignore[misc]
+
+    def read_blob(self, desc: Descriptor) -> bytes:
+        from ocibuild.store.base import verify_bytes
+
+        with self.open_blob(desc) as stream:
+            data = stream.read()
+        verify_bytes(desc, data)
+        return data
+
+
+def host_platform() -> Platform:
+    machine = os.uname().machine.lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le",
+            "s390x": "s390x"}.get(machine, machine)
+    return Platform("linux", arch)
+
+
+def _select(index: Index, platform: Platform | None, where: str) -> Descriptor:
+    wanted = platform or host_platform()
+    entry = index.select(wanted)
+    if entry is None:
+        raise NotFound(f"{where}: no manifest for platform {wanted}")
+    return entry
+
+
+def buildpacks_from_package(
+    manifest: Manifest,
+    config: ImageConfig,
+    opener: Callable[[Descriptor], ContextManager[BinaryIO]],
+    where: str,
+) -> list[Buildpack]:
+    """A buildpackage's buildpacks: the main one (from its metadata label) first, then its dependencies
+    sorted by id@version (pack iterates a Go map here, so it has no order to keep)."""
+    labels = config.labels
+    try:
+        meta = load_json(labels[LABEL_BUILDPACKAGE].encode(), f"{where}: {LABEL_BUILDPACKAGE}")
+        layers_md = load_json(labels[LABEL_LAYERS].encode(), f"{where}: {LABEL_LAYERS}")
+    except KeyError as exc:
+        raise UsageError(f"{where}: not a buildpackage (no label {exc.args[0]})") from None
+    if not isinstance(meta, dict) or not isinstance(layers_md, dict):
+        raise ManifestError(f"{where}: malformed buildpackage labels")
+    diff_ids = config.diff_ids
+    if len(diff_ids) != len(manifest.layers):
+        raise ManifestError(f"{where}: config has {len(diff_ids)} diffIDs for {len(manifest.layers)} layers")
+    by_diff = dict(zip(diff_ids, manifest.layers))
+    found: list[Buildpack] = []
+    for bp_id in sorted(layers_md):
+        versions = layers_md[bp_id]
+        if not isinstance(versions, dict):
+            raise ManifestError(f"{where}: malformed {LABEL_LAYERS} for {bp_id}")
+        for version in sorted(versions):
+            info = versions[version]
+            try:
+                diff_id = Digest.parse(info["layerDiffID"])
+            except (KeyError, TypeError, Exception):
+                raise ManifestError(f"{where}: {bp_id}@{version} has no valid layerDiffID") from None
+            if diff_id not in by_diff:
+                raise ManifestError(f"{where}: layer of {bp_id}@{version} ({diff_id}) is not in the image")
+            found.append(Buildpack(
+                id=bp_id,
+                version=version,
+                api=str(info.get("api") or ASSUMED_API),
+                name=str(info.get("name") or ""),
+                homepage=str(info.get("homepage") or ""),
+                stacks=tuple(Stack.from_dict(s) for s in info.get("stacks") or []),
+                targets=tuple(Target.from_dict(t) for t in info.get("targets") or []),
+                order=order_from_json(info.get("order"), f"{where}: order"),
+                source=PackagedLayer(by_diff[diff_id], diff_id, opener),
+            ))
+    main = [bp for bp in found if bp.id == meta.get("id") and bp.version == meta.get("version")]
+    if not main:
+        raise ManifestError(f"{where}: main buildpack {meta.get('id')}@{meta.get('version')} has no layer")
+    return main + [bp for bp in found if bp is not main[0]]
+
+
+def load_package_file(path: Path, platform: Platform | None = None) -> list[Buildpack]:
+    layout = _TarLayout(path)
+    index = Index.parse(layout.read_small("index.json"))
+    if not index.manifests:
+        raise UsageError(f"{path}: buildpackage has no image")
+    desc = index.manifests[0]
+    if len(index.manifests) > 1 or desc.media_type in mt.INDEX_TYPES:
+        if desc.media_type in mt.INDEX_TYPES:
+            index = Index.parse(layout.read_blob(desc), desc.media_type)
+        desc = _select(index, platform, str(path))
+    manifest = parse_manifest(layout.read_blob(desc), desc.media_type)
+    if not isinstance(manifest, Manifest):
+        raise ManifestError(f"{path}: nested image indexes are not supported")
+    config = ImageConfig.parse(layout.read_blob(manifest.config), manifest.config.media_type)
+    return buildpacks_from_package(manifest, config, layout.open_blob, str(path))
+
+
+def load_package_image(reference: str, platform: Platform | None = None, options: Any = None) -> list[Buildpack]:
+    """A buildpackage image in a registry or layout; its layers are streamed only when used."""
+    from ocibuild.store.base import load_config
+    from ocibuild.store.open import open_reference
+
+    store, identifier = open_reference(reference, options=options)
+    if identifier is None:
+        raise UsageError(f"{reference}: name an image (oci:DIR:TAG)")
+    desc, raw = store.get_manifest(identifier)
+    manifest = parse_manifest(raw, desc.media_type)
+    if isinstance(manifest, Index):
+        desc = _select(manifest, platform, reference)
+        desc, raw = store.get_manifest(str(desc.digest))
+        manifest = parse_manifest(raw, desc.media_type)
+    assert isinstance(manifest, Manifest)
+    config = load_config(store, manifest.config)
+    return buildpacks_from_package(manifest, config, store.open_blob, reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving what a user typed
+
+
+def _strip_file_uri(text: str) -> str:
+    return text[len("file://"):] if text.startswith("file://") else text
+
+
+def is_local_source(text: str, base_dir: Path | None = None) -> bool:
+    text = _strip_file_uri(text)
+    path = Path(text) if base_dir is None or os.path.isabs(text) else base_dir / text
+    return path.exists()
+
+
+def load_buildpacks(
+    source: str | os.PathLike[str],
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    platform: Platform | None = None,
+    options: Any = None,
+) -> list[Buildpack]:
+    """Every buildpack a source brings: the one it names first, then (for composites) its dependencies.
+
+    ``source``: a directory, a ``.tgz``/``.tar``, a ``.cnb`` file, a ``file://`` URI, or an image
+    reference (``docker://``, ``oci:DIR:TAG`` or a plain registry reference). Relative paths are
+    resolved against ``base_dir`` (a builder.toml's directory).
+    """
+    text = _strip_file_uri(os.fspath(source))
+    base = Path(base_dir) if base_dir is not None else None
+    path = Path(text) if base is None or os.path.isabs(text) else base / text
+    if text.startswith(("docker://", "oci:")) or not path.exists():
+        if not text.startswith(("docker://", "oci:")) and ("/" in text and not _looks_like_reference(text)):
+            raise UsageError(f"buildpack source {text!r} does not exist")
+        return load_package_image(text, platform, options)
+    if path.is_dir():
+        return _load_directory(path, platform, options)
+    if _is_package_file(path):
+        return load_package_file(path, platform)
+    return _load_archive(path)
+
+
+def _looks_like_reference(text: str) -> bool:
+    first = text.split("/", 1)[0]
+    return "." in first or ":" in first or first == "localhost"
+
+
+def _is_package_file(path: Path) -> bool:
+    if path.suffix == ".cnb":
+        return True
+    try:
+        with tarfile.open(path, "r:") as tar:  # uncompressed tar holding oci-layout
+            return any(posixpath.normpath(m.name).lstrip("/") == "oci-layout" for m in tar)
+    except tarfile.TarError:
+        return False
+
+
+def _load_directory(path: Path, platform: Platform | None, options: Any) -> list[Buildpack]:
+    descriptor = path / "buildpack.toml"
+    if not descriptor.is_file():
+        raise UsageError(f"{path}: no buildpack.toml")
+    bp = parse_descriptor(descriptor.read_text(encoding="utf-8"), str(descriptor))
+    main = _with_source(bp, DirectorySource(path))
+    deps: list[Buildpack] = []
+    package = path / "package.toml"
+    if package.is_file():
+        try:
+            doc = tomllib.loads(package.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{package}: invalid TOML: {exc}") from None
+        for dep in doc.get("dependencies") or []:
+            ref = dep.get("uri") or dep.get("image") if isinstance(dep, Mapping) else None
+            if not isinstance(ref, str) or not ref:
+                raise UsageError(f"{package}: every dependency needs a uri or an image")
+            deps.extend(load_buildpacks(ref, base_dir=path, platform=platform, options=options))
+    return [main] + deps
+
+
+def _load_archive(path: Path) -> list[Buildpack]:
+    source = ArchiveSource(path)
+    try:
+        text = source.read("buildpack.toml")
+    except tarfile.TarError as exc:
+        raise UsageError(f"{path}: not a buildpack archive ({exc})") from None
+    if text is None:
+        raise UsageError(f"{path}: no buildpack.toml at the archive root")
+    return [_with_source(parse_descriptor(text.decode("utf-8"), f"{path}:buildpack.toml"), source)]
+
+
+def _with_source(bp: Buildpack, source: LayerSource) -> Buildpack:
+    from dataclasses import replace
+
+    return replace(bp, source=source)
+
+
+def dedupe(buildpacks: Sequence[Buildpack]) -> list[Buildpack]:
+    """Drop repeats of the same id@version from the same source (a dependency named twice)."""
+    seen: set[tuple[str, str, int]] = set()
+    out = []
+    for bp in buildpacks:
+        key = (bp.id, bp.version, id(bp.source))
+        if key not in seen:
+            seen.add(key)
+            out.append(bp)
+    return out
