@@ -1,0 +1,649 @@
+"""The exporter: a layers directory after the build phase + a run image -> an app image in any store.
+
+Behaviour follows buildpacks/lifecycle ``phase/exporter.go``: the run image's layers are referenced
+(mounted or copied blob by blob, never unpacked), then per buildpack in group order its launch
+layers, the SBOM layer, the app layer(s), the launcher, the launcher config and the process types.
+Layers are reproducible tars (``layer.tarwriter``) so the same inputs give the same digests, and a
+blob the target already holds is never uploaded again.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import tomli_w
+
+from ocibuild.cnb.errors import CNBError
+from ocibuild.cnb.launcher import PROCESS_TABLE_NAME, LaunchProcess, launcher_bytes, render_process_table
+from ocibuild.errors import ManifestError, UsageError
+from ocibuild.layer.compress import LayerResult, compress_stream
+from ocibuild.layer.tarwriter import DIR, TarEntry, TarOptions, entries_from_dir, normalize_path, write_tar
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.descriptor import Descriptor
+from ocibuild.oci.digest import Digest
+from ocibuild.oci.manifest import ImageConfig, Manifest, canonical_json
+from ocibuild.store.base import Store, load_config, load_manifest, put_bytes
+
+LIFECYCLE_LABEL = "io.buildpacks.lifecycle.metadata"
+BUILD_LABEL = "io.buildpacks.build.metadata"
+PROJECT_LABEL = "io.buildpacks.project.metadata"
+NORMALIZED_CREATED = "1980-01-01T00:00:01Z"
+LAUNCHER_PATH = "/cnb/lifecycle/launcher"
+PROCESS_DIR = "/cnb/process"
+
+
+class ExportError(CNBError):
+    """The exporter cannot assemble the image (lifecycle exit code 62)."""
+
+    exit_code = 62
+
+
+def escape_id(bp_id: str) -> str:
+    return bp_id.replace("/", "_")
+
+
+# -- what the build phase left ------------------------------------------------------------------
+@dataclass(frozen=True)
+class GroupBuildpack:
+    id: str
+    version: str
+    api: str = "0.10"
+    homepage: str = ""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One ``<layers>/<bp>/<name>/`` directory with the types and metadata of its ``<name>.toml``."""
+
+    buildpack: GroupBuildpack
+    name: str
+    path: Path
+    launch: bool
+    build: bool
+    cache: bool
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def has_content(self) -> bool:
+        return self.path.is_dir()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What ``<layers>`` says after the build: group, processes, labels, slices, layers."""
+
+    layers_dir: Path
+    buildpacks: tuple[GroupBuildpack, ...]
+    processes: tuple[LaunchProcess, ...]
+    labels: tuple[tuple[str, str], ...]
+    slices: tuple[tuple[str, ...], ...]
+    default_process: str | None
+    layers: tuple[LayerInfo, ...]
+    metadata_toml: Path | None  # <layers>/config/metadata.toml when the build phase wrote it
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _process(raw: Mapping[str, Any], bp_id: str) -> LaunchProcess:
+    command = raw.get("command", [])
+    if isinstance(command, str):
+        command = [command]
+    if not command or not all(isinstance(c, str) for c in command):
+        raise ExportError(f"process {raw.get('type')!r} of {bp_id or 'a buildpack'} has no command")
+    return LaunchProcess(
+        type=str(raw.get("type", "")),
+        command=tuple(command),
+        args=tuple(str(a) for a in raw.get("args", []) or []),
+        direct=bool(raw.get("direct", False)),
+        default=bool(raw.get("default", False)),
+        buildpack_id=str(raw.get("buildpack-id", bp_id)),
+        working_dir=str(raw.get("working-dir", "") or ""),
+    )
+
+
+def read_build_result(layers_dir: str | os.PathLike[str]) -> BuildResult:
+    """Read the lifecycle's on-disk format: ``group.toml``, ``config/metadata.toml`` or the launch.tomls."""
+    layers = Path(layers_dir)
+    group_doc = _read_toml(layers / "group.toml")
+    meta_path = layers / "config" / "metadata.toml"
+    meta = _read_toml(meta_path)
+    group_src = group_doc.get("group") or meta.get("buildpacks") or []
+    buildpacks = tuple(
+        GroupBuildpack(str(b["id"]), str(b.get("version", "")), str(b.get("api", "0.10")), str(b.get("homepage", "")))
+        for b in group_src
+    )
+    if not buildpacks:
+        raise ExportError(f"{layers}: no buildpack group (group.toml or config/metadata.toml)")
+    if meta:
+        processes = [_process(p, "") for p in meta.get("processes", [])]
+        labels = [(str(x["key"]), str(x["value"])) for x in meta.get("labels", [])]
+        slices = [tuple(s.get("paths", [])) for s in meta.get("slices", [])]
+        default = meta.get("buildpack-default-process-type") or None
+    else:
+        # No metadata.toml: merge the launch.tomls in group order (later buildpacks override a type).
+        by_type: dict[str, LaunchProcess] = {}
+        labels, slices, default = [], [], None
+        for bp in buildpacks:
+            launch = _read_toml(layers / escape_id(bp.id) / "launch.toml")
+            for raw in launch.get("processes", []):
+                proc = _process(raw, bp.id)
+                by_type[proc.type] = proc
+                if proc.default:
+                    default = proc.type
+            labels += [(str(x["key"]), str(x["value"])) for x in launch.get("labels", [])]
+            slices += [tuple(s.get("paths", [])) for s in launch.get("slices", [])]
+        processes = list(by_type.values())
+    layer_infos: list[LayerInfo] = []
+    for bp in buildpacks:
+        bp_dir = layers / escape_id(bp.id)
+        if not bp_dir.is_dir():
+            continue
+        for toml_path in sorted(bp_dir.glob("*.toml")):
+            name = toml_path.stem
+            if name in ("launch", "store", "build") or name.endswith(".sbom"):
+                continue
+            doc = _read_toml(toml_path)
+            types = doc.get("types") or {}
+            layer_infos.append(LayerInfo(
+                bp, name, bp_dir / name, bool(types.get("launch")), bool(types.get("build")),
+                bool(types.get("cache")), doc.get("metadata") or {},
+            ))
+    return BuildResult(
+        layers, buildpacks, tuple(processes), tuple(labels), tuple(slices), default, tuple(layer_infos),
+        meta_path if meta else None,
+    )
+
+
+# -- layers ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuiltLayer:
+    """A layer ready for the manifest: its descriptor, diffID, history line and (if new) its file."""
+
+    descriptor: Descriptor
+    diff_id: Digest
+    created_by: str
+    path: Path | None = None  # None when reused from a store
+
+
+def _dir_entries(host_dir: Path, image_path: str, uid: int, gid: int,
+                 include: Callable[[str], bool] | None = None) -> list[TarEntry]:
+    """A directory as the lifecycle's DirLayer writes it: ancestors root-owned, the rest uid/gid."""
+    base = normalize_path(image_path)
+    parts = base.split("/")
+    out = [TarEntry("/".join(parts[:i]), DIR, 0o755, uid=0, gid=0) for i in range(1, len(parts))]
+    for e in entries_from_dir(host_dir, base, include_parents=False):
+        rel = e.path[len(base) + 1:]
+        if include is not None and rel and not include(rel):
+            continue
+        out.append(TarEntry(e.path, e.kind, e.mode, e.size, e.linkname, uid, gid, opener=e.opener,
+                            link_key=e.link_key))
+    return out
+
+
+class _LayerMaker:
+    def __init__(self, tmp_dir: Path, media_type: str):
+        self.tmp_dir, self.media_type = tmp_dir, media_type
+
+    def make(self, entries: Iterable[TarEntry], created_by: str) -> BuiltLayer:
+        items = list(entries)
+        result: LayerResult = compress_stream(lambda out: write_tar(out, items, TarOptions()),
+                                              media_type=self.media_type, tmp_dir=self.tmp_dir)
+        return BuiltLayer(result.descriptor, result.diff_id, created_by, result.path)
+
+
+def _slice_entries(app_dir: Path, image_app: str, slices: tuple[tuple[str, ...], ...], uid: int, gid: int,
+                   include: Callable[[str], bool] | None) -> list[list[TarEntry]]:
+    """App layers: one per slice (paths matched by its globs), then everything not yet taken."""
+    all_entries = _dir_entries(app_dir, image_app, uid, gid, include)
+    base = normalize_path(image_app)
+    taken: set[str] = set()
+    groups: list[list[TarEntry]] = []
+    for patterns in slices:
+        matched: set[str] = set()
+        for pattern in patterns:
+            for hit in glob.glob(pattern, root_dir=app_dir):
+                rel = normalize_path(hit)
+                if rel:
+                    matched.add(rel)
+        chosen = []
+        for e in all_entries:
+            rel = e.path[len(base) + 1:] if e.path.startswith(base + "/") else ""
+            if not rel or e.path in taken:
+                continue
+            if any(rel == m or rel.startswith(m + "/") for m in matched):
+                chosen.append(e)
+        if not chosen:
+            continue
+        taken.update(e.path for e in chosen if e.kind != DIR)
+        # Each slice layer carries the directories leading to its files (owned like the app dir).
+        needed_dirs = {e.path.rsplit("/", 1)[0] for e in chosen}
+        dirs = [e for e in all_entries if e.kind == DIR and any(d == e.path or d.startswith(e.path + "/")
+                                                                   for d in needed_dirs)]
+        groups.append(dirs + chosen)
+    rest = [e for e in all_entries if e.path not in taken]
+    groups.append(rest)
+    return groups
+
+
+# -- the export -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunImage:
+    """The run image: where it is, what to call it in ``runImage.image`` and its mirrors."""
+
+    store: Store
+    identifier: str
+    name: str
+    mirrors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    layers_dir: Path
+    app_dir: Path
+    platform_api: str = "0.12"
+    uid: int = 1000
+    gid: int = 1000
+    default_process: str | None = None
+    launcher: Path | None = None  # the builder's /cnb/lifecycle/launcher, extracted; None: ocibuild's
+    launcher_version: str = ""
+    creation_time: int | None = None  # unix seconds; None: SOURCE_DATE_EPOCH, else 1980-01-01T00:00:01Z
+    project_metadata: Mapping[str, Any] | None = None
+    image_layers_dir: str = "/layers"
+    image_app_dir: str = "/workspace"
+    app_include: Callable[[str], bool] | None = None  # project.toml include/exclude, on app-relative paths
+    tmp_dir: Path | None = None
+    extra_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    descriptor: Descriptor
+    manifest: Manifest
+    config: ImageConfig
+    layers: tuple[BuiltLayer, ...]  # the layers ocibuild added, in image order
+    uploaded: tuple[Digest, ...]  # blobs written to the target (everything else was already there)
+    default_process: str | None
+
+
+def created_time(creation_time: int | None) -> str:
+    """``--creation-time``, else ``SOURCE_DATE_EPOCH``, else the normalized 1980 date (RFC 3339, UTC)."""
+    if creation_time is None:
+        env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+        if env:
+            try:
+                creation_time = int(env)
+            except ValueError:
+                raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not a unix time in seconds") from None
+    if creation_time is None:
+        return NORMALIZED_CREATED
+    return datetime.fromtimestamp(creation_time, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sbom_entries(build: BuildResult, image_layers: str) -> list[TarEntry]:
+    """``<layers>/sbom/launch/<bp>/<layer>/sbom.<ext>`` from each launch layer's ``<layer>.sbom.<ext>``."""
+    base = normalize_path(image_layers)
+    existing = build.layers_dir / "sbom" / "launch"
+    if existing.is_dir():
+        return _dir_entries(existing, f"{base}/sbom/launch", 0, 0)
+    files: list[TarEntry] = []
+    launch_layers = {(lay.buildpack.id, lay.name) for lay in build.layers if lay.launch}
+    for bp in build.buildpacks:
+        bp_dir = build.layers_dir / escape_id(bp.id)
+        for sbom in sorted(bp_dir.glob("*.sbom.*")) if bp_dir.is_dir() else []:
+            owner, _, ext = sbom.name.partition(".sbom.")
+            if owner != "launch" and (bp.id, owner) not in launch_layers:
+                continue
+            sub = f"{escape_id(bp.id)}/{owner}" if owner != "launch" else escape_id(bp.id)
+            data_path = sbom
+            files.append(TarEntry(f"{base}/sbom/launch/{sub}/sbom.{ext}", "file", 0o644,
+                                  data_path.stat().st_size, opener=lambda p=data_path: open(p, "rb")))
+    if not files:
+        return []
+    dirs: set[str] = set()
+    for f in files:
+        parts = f.path.split("/")
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return [TarEntry(d, DIR, 0o755) for d in sorted(dirs)] + files
+
+
+def _metadata_toml(build: BuildResult, default: str | None) -> bytes:
+    """``config/metadata.toml`` as written by the build phase, or rebuilt from launch.tomls."""
+    if build.metadata_toml is not None:
+        return build.metadata_toml.read_bytes()
+    doc: dict[str, Any] = {
+        "buildpacks": [{"id": b.id, "version": b.version, "api": b.api} | ({"homepage": b.homepage} if b.homepage
+                                                                            else {}) for b in build.buildpacks],
+        "processes": [
+            {"type": p.type, "command": list(p.command), "args": list(p.args), "direct": p.direct,
+             "buildpack-id": p.buildpack_id} | ({"working-dir": p.working_dir} if p.working_dir else {})
+            for p in build.processes
+        ],
+    }
+    if build.labels:
+        doc["labels"] = [{"key": k, "value": v} for k, v in build.labels]
+    if build.slices:
+        doc["slices"] = [{"paths": list(s)} for s in build.slices]
+    if default:
+        doc["buildpack-default-process-type"] = default
+    return tomli_w.dumps(doc).encode("utf-8")
+
+
+def _file_entries(image_path: str, data: bytes, mode: int) -> list[TarEntry]:
+    path = normalize_path(image_path)
+    parts = path.split("/")
+    return [TarEntry("/".join(parts[:i]), DIR, 0o755) for i in range(1, len(parts))] + [
+        TarEntry.file(path, data, mode)
+    ]
+
+
+def _set_env(env: list[str], key: str, value: str) -> list[str]:
+    out = [e for e in env if e.partition("=")[0] != key]
+    out.append(f"{key}={value}")
+    return out
+
+
+def _store_metadata(layers_dir: Path, bp: GroupBuildpack) -> dict[str, Any] | None:
+    store = _read_toml(layers_dir / escape_id(bp.id) / "store.toml")
+    return {"metadata": store.get("metadata", {})} if store else None
+
+
+def export(
+    target: Store,
+    tag: str | None,
+    run: RunImage,
+    options: ExportOptions,
+    *,
+    previous: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Assemble and write the app image into ``target`` (tagged ``tag`` and ``options.extra_tags``).
+
+    ``previous`` is the ``io.buildpacks.lifecycle.metadata`` of the previous image: a launch layer
+    the buildpack kept without content (only ``<layer>.toml``) is reused from it by diffID.
+    """
+    say = progress or (lambda _msg: None)
+    build = read_build_result(options.layers_dir)
+    run_desc, run_manifest = load_manifest(run.store, run.identifier)
+    if not isinstance(run_manifest, Manifest):
+        raise ExportError(f"run image {run.name} is an index; pick a platform before exporting")
+    run_config = load_config(run.store, run_manifest.config)
+    if len(run_config.diff_ids) != len(run_manifest.layers):
+        raise ManifestError(f"run image {run.name}: {len(run_config.diff_ids)} diff_ids for "
+                            f"{len(run_manifest.layers)} layers")
+    docker = run_manifest.is_docker
+    layer_type = mt.layer_type("gzip", docker)
+    created = created_time(options.creation_time)
+    uid, gid = options.uid, options.gid
+    img_layers = options.image_layers_dir
+
+    work = Path(tempfile.mkdtemp(prefix="ocibuild-export-", dir=options.tmp_dir))
+    maker = _LayerMaker(work, layer_type)
+    added: list[BuiltLayer] = []
+    prev_layers = _previous_layers(previous)
+    try:
+        lifecycle_md: dict[str, Any] = {"buildpacks": []}
+        # Launch layers, per buildpack in group order.
+        for bp in build.buildpacks:
+            bp_md: dict[str, Any] = {"key": bp.id, "version": bp.version, "layers": {}}
+            for lay in (x for x in build.layers if x.buildpack == bp and x.launch):
+                created_by = f"Layer: '{lay.name}', Created by buildpack: {bp.id}@{bp.version}"
+                if lay.has_content:
+                    say(f"Adding layer '{bp.id}:{lay.name}'")
+                    layer = maker.make(_dir_entries(lay.path, f"{img_layers}/{escape_id(bp.id)}/{lay.name}",
+                                                    uid, gid), created_by)
+                else:
+                    reused = prev_layers.get((bp.id, lay.name))
+                    if reused is None:
+                        raise ExportError(f"buildpack {bp.id}: launch layer {lay.name!r} has no content and "
+                                          "no previous image holds it")
+                    say(f"Reusing layer '{bp.id}:{lay.name}'")
+                    layer = reused_layer(target, reused, created_by)
+                added.append(layer)
+                bp_md["layers"][lay.name] = {
+                    "sha": str(layer.diff_id), "data": dict(lay.metadata),
+                    "build": lay.build, "launch": lay.launch, "cache": lay.cache,
+                }
+            store_md = _store_metadata(build.layers_dir, bp)
+            if store_md is not None:
+                bp_md["store"] = store_md
+            lifecycle_md["buildpacks"].append(bp_md)
+
+        sbom = _sbom_entries(build, img_layers)
+        if sbom:
+            layer = maker.make(sbom, "Software Bill-of-Materials")
+            added.append(layer)
+            lifecycle_md["sbom"] = {"sha": str(layer.diff_id)}
+
+        app_groups = _slice_entries(options.app_dir, options.image_app_dir, build.slices, uid, gid,
+                                    options.app_include)
+        lifecycle_md["app"] = []
+        for i, entries in enumerate(app_groups):
+            name = "Application Layer" if i == len(app_groups) - 1 else f"Application Slice: {i + 1}"
+            layer = maker.make(entries, name)
+            added.append(layer)
+            lifecycle_md["app"].append({"sha": str(layer.diff_id)})
+
+        launcher_data = options.launcher.read_bytes() if options.launcher is not None else launcher_bytes()
+        layer = maker.make(_file_entries(LAUNCHER_PATH, launcher_data, 0o755), "Buildpacks Application Launcher")
+        added.append(layer)
+        lifecycle_md["launcher"] = {"sha": str(layer.diff_id)}
+
+        types = {p.type for p in build.processes}
+        default = options.default_process or build.default_process
+        if default is not None and default not in types:
+            say(f"Warning: default process type '{default}' not present in list {sorted(types)}")
+            default = None
+        config_dir = f"{normalize_path(img_layers)}/config"
+        bps = [(escape_id(b.id), b.api) for b in build.buildpacks]
+        config_entries = [
+            *[TarEntry(p, DIR, 0o755, uid=0, gid=0) for p in (normalize_path(img_layers),)],
+            TarEntry(config_dir, DIR, 0o755, uid=uid, gid=gid),
+            TarEntry.file(f"{config_dir}/metadata.toml", _metadata_toml(build, build.default_process), 0o644,
+                          uid=uid, gid=gid),
+            TarEntry.file(f"{config_dir}/{PROCESS_TABLE_NAME}",
+                          render_process_table(bps, list(build.processes), default), 0o644, uid=uid, gid=gid),
+        ]
+        layer = maker.make(config_entries, "Buildpacks Launcher Config")
+        added.append(layer)
+        lifecycle_md["config"] = {"sha": str(layer.diff_id)}
+
+        if build.processes:
+            proc_entries = [TarEntry("cnb", DIR, 0o755), TarEntry("cnb/process", DIR, 0o755)] + [
+                TarEntry.symlink(f"cnb/process/{t}", LAUNCHER_PATH) for t in sorted(types)
+            ]
+            layer = maker.make(proc_entries, "Buildpacks Process Types")
+            added.append(layer)
+            lifecycle_md["process-types"] = {"sha": str(layer.diff_id)}
+
+        run_image_md = {
+            "topLayer": str(run_config.diff_ids[-1]) if run_config.diff_ids else "",
+            "reference": _run_reference(run, run_desc),
+            "image": run.name,
+        }
+        if run.mirrors:
+            run_image_md["mirrors"] = list(run.mirrors)
+        lifecycle_md["runImage"] = run_image_md
+        lifecycle_md["stack"] = {"runImage": {"image": run.name, **({"mirrors": list(run.mirrors)}
+                                                                      if run.mirrors else {})}}
+
+        build_md: dict[str, Any] = {
+            "buildpacks": [{"id": b.id, "version": b.version} | ({"homepage": b.homepage} if b.homepage else {})
+                           for b in build.buildpacks],
+            "launcher": {"version": options.launcher_version or ("ocibuild-sh" if options.launcher is None else ""),
+                         "source": {"git": {"repository": "", "commit": ""}}},
+            "processes": [
+                {"type": p.type, "command": list(p.command), "args": list(p.args), "direct": p.direct,
+                 "buildpackID": p.buildpack_id} | ({"working-dir": p.working_dir} if p.working_dir else {})
+                for p in build.processes
+            ],
+        }
+        if build.default_process:
+            build_md["buildpack-default-process-type"] = build.default_process
+
+        # The config: the run image's, with our layers, env, entrypoint and labels.
+        doc = run_config.to_dict()
+        doc.pop("container", None)
+        doc.pop("container_config", None)
+        cfg = doc.setdefault("config", {}) or {}
+        doc["config"] = cfg
+        env = list(cfg.get("Env") or [])
+        run_path = next((e.partition("=")[2] for e in env if e.startswith("PATH=")), "")
+        env = _set_env(env, "CNB_LAYERS_DIR", img_layers)
+        env = _set_env(env, "CNB_APP_DIR", options.image_app_dir)
+        env = _set_env(env, "CNB_PLATFORM_API", options.platform_api)
+        env = _set_env(env, "CNB_DEPRECATION_MODE", "quiet")
+        env = _set_env(env, "PATH", ":".join(p for p in (PROCESS_DIR, "/cnb/lifecycle", run_path) if p))
+        cfg["Env"] = env
+        cfg["WorkingDir"] = options.image_app_dir
+        cfg["Entrypoint"] = [f"{PROCESS_DIR}/{default}" if default else LAUNCHER_PATH]
+        cfg["Cmd"] = None
+        labels = dict(cfg.get("Labels") or {})
+        labels.update(dict(build.labels))
+        labels[LIFECYCLE_LABEL] = canonical_json(lifecycle_md).decode()
+        labels[BUILD_LABEL] = canonical_json(build_md).decode()
+        labels[PROJECT_LABEL] = canonical_json(dict(options.project_metadata or {})).decode()
+        cfg["Labels"] = labels
+        doc["created"] = created
+        history = [dict(h) for h in (doc.get("history") or [])]
+        for h in history:
+            h["created"] = created
+        if not history:
+            history = [{"created": created} for _ in run_config.diff_ids]
+        history += [{"created": created, "created_by": layer.created_by} for layer in added]
+        doc["history"] = history
+        doc["rootfs"] = {"type": "layers",
+                         "diff_ids": [str(d) for d in run_config.diff_ids] + [str(x.diff_id) for x in added]}
+        config = ImageConfig.build(doc, mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG)
+        manifest = Manifest.build(config.descriptor(), [*run_manifest.layers, *(x.descriptor for x in added)],
+                                  media_type=mt.DOCKER_MANIFEST if docker else mt.OCI_MANIFEST)
+
+        uploaded = _write_image(target, run, run_manifest, added, config, say)
+        desc = manifest.descriptor()
+        tags = [t for t in (tag, *options.extra_tags) if t]
+        target.put_manifest(desc, manifest.raw, tag=tags[0] if tags else None)
+        for extra in tags[1:]:
+            target.tag(desc, extra)
+        return ExportResult(desc, manifest, config, tuple(added), tuple(uploaded), default)
+    finally:
+        for layer in added:
+            if layer.path is not None:
+                layer.path.unlink(missing_ok=True)
+        for leftover in work.glob("*"):
+            leftover.unlink(missing_ok=True)
+        work.rmdir()
+
+
+def _run_reference(run: RunImage, run_desc: Descriptor) -> str:
+    """``runImage.reference``: the run image by digest (``<repo>@sha256:…`` for registries)."""
+    repo = run.name.split("@", 1)[0]
+    last = repo.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo = repo[: len(repo) - len(last)] + last.split(":", 1)[0]
+    return f"{repo}@{run_desc.digest}"
+
+
+def _previous_layers(previous: Mapping[str, Any] | None) -> dict[tuple[str, str], Mapping[str, Any]]:
+    out: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for bp in (previous or {}).get("buildpacks", []) or []:
+        for name, md in (bp.get("layers") or {}).items():
+            if md.get("launch") and md.get("sha"):
+                out[(bp.get("key", ""), name)] = md
+    return out
+
+
+def reused_layer(target: Store, layer_md: Mapping[str, Any], created_by: str) -> BuiltLayer:
+    """A launch layer reused from the previous image: found by diffID among that image's layers."""
+    desc = layer_md.get("_descriptor")
+    if not isinstance(desc, Descriptor):
+        raise ExportError(f"cannot reuse layer {layer_md.get('sha')}: the previous image is not available")
+    return BuiltLayer(desc, Digest.parse(str(layer_md["sha"])), created_by, None)
+
+
+def previous_metadata(store: Store, identifier: str) -> dict[str, Any] | None:
+    """The previous app image's lifecycle metadata, each layer annotated with its descriptor for reuse."""
+    import json
+
+    from ocibuild.errors import NotFound
+
+    try:
+        _desc, manifest = load_manifest(store, identifier)
+    except NotFound:
+        return None
+    if not isinstance(manifest, Manifest):
+        return None
+    config = load_config(store, manifest.config)
+    raw = config.labels.get(LIFECYCLE_LABEL)
+    if not raw:
+        return None
+    md = json.loads(raw)
+    by_diff = dict(zip((str(d) for d in config.diff_ids), manifest.layers))
+    for bp in md.get("buildpacks", []) or []:
+        for layer_md in (bp.get("layers") or {}).values():
+            found = by_diff.get(layer_md.get("sha"))
+            if found is not None:
+                layer_md["_descriptor"] = found
+    return md
+
+
+def _write_image(target: Store, run: RunImage, run_manifest: Manifest, added: list[BuiltLayer],
+                 config: ImageConfig, say: Callable[[str], None]) -> list[Digest]:
+    """Run layers by mount/copy (skipped when present), new layers from their files, then the config."""
+    from ocibuild.transfer.copy import GraphCopier
+
+    uploaded: list[Digest] = []
+    lock = getattr(target, "writer_lock", None)
+    ctx = lock() if lock is not None else _null()
+    with ctx:
+        copier = GraphCopier(run.store, target)
+        for blob in run_manifest.layers:
+            if copier.copy_blob(blob) == "copied":
+                uploaded.append(blob.digest)
+        seen: set[Digest] = set()
+        for layer in added:
+            if layer.descriptor.digest in seen or target.has_blob(layer.descriptor):
+                continue
+            seen.add(layer.descriptor.digest)
+            if layer.path is None:
+                raise ExportError(f"layer {layer.diff_id} to reuse is missing from {target.name}")
+            put_file = getattr(target, "put_blob_file", None)
+            if put_file is not None and hasattr(target, "tmp_dir"):
+                tmp = Path(target.tmp_dir) / layer.path.name  # type: ignore[attr-defined]
+                try:
+                    os.link(layer.path, tmp)
+                except OSError:
+                    tmp = None  # type: ignore[assignment]
+                if tmp is not None:
+                    put_file(layer.descriptor, tmp)
+                    uploaded.append(layer.descriptor.digest)
+                    continue
+            with open(layer.path, "rb") as fh:
+                target.put_blob(layer.descriptor, fh)
+            uploaded.append(layer.descriptor.digest)
+        if not target.has_blob(config.descriptor()):
+            uploaded.append(config.digest)
+        put_bytes(target, config.descriptor(), config.raw)
+    say(f"Wrote {len(uploaded)} new blobs")
+    return uploaded
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,63 @@
+"""ocibuild's own launcher: a POSIX sh script, and the process table it reads.
+
+The lifecycle's launcher is a Go binary that parses ``<layers>/config/metadata.toml``. When the
+builder ships no launcher, ocibuild puts ``launcher.sh`` at ``/cnb/lifecycle/launcher``; sh cannot
+parse TOML, so the exporter also writes ``<layers>/config/launch.sh``, the same processes as
+shell assignments (every value single-quoted: nothing in it is ever evaluated as code).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+
+LAUNCHER_RESOURCE = "launcher.sh"
+PROCESS_TABLE_NAME = "launch.sh"
+
+
+def launcher_bytes() -> bytes:
+    """The launcher script exactly as shipped in the package."""
+    return resources.files(__name__).joinpath(LAUNCHER_RESOURCE).read_bytes()
+
+
+@dataclass(frozen=True)
+class LaunchProcess:
+    """One process as the launcher runs it (the ``[[processes]]`` of metadata.toml)."""
+
+    type: str
+    command: tuple[str, ...]
+    args: tuple[str, ...] = ()
+    direct: bool = False
+    default: bool = False
+    buildpack_id: str = ""
+    working_dir: str = ""
+
+
+def _q(value: str) -> str:
+    return shlex.quote(value)
+
+
+def render_process_table(
+    buildpacks: list[tuple[str, str]],
+    processes: list[LaunchProcess],
+    default_type: str | None,
+) -> bytes:
+    """``launch.sh``: buildpacks (escaped id, API) in group order and one ``case`` arm per process."""
+    lines = [
+        "# Written by ocibuild's exporter; read by /cnb/lifecycle/launcher (ocibuild's sh launcher).",
+        f"CNB_DEFAULT_PROCESS={_q(default_type or '')}",
+        "CNB_BUILDPACKS=" + _q("".join(f"{bp_id} {api}\n" for bp_id, api in buildpacks)),
+        "cnb_process() {",
+        '\tcase "$1" in',
+    ]
+    for proc in processes:
+        words = " ".join(_q(w) for w in (*proc.command, *proc.args))
+        lines.append(f"\t{_q(proc.type)})")
+        lines.append(f"\t\tcnb_argv={_q(words)}")
+        lines.append(f"\t\tcnb_direct={'true' if proc.direct else 'false'}")
+        lines.append(f"\t\tcnb_workdir={_q(proc.working_dir)}")
+        lines.append(f"\t\tcnb_bp={_q(proc.buildpack_id.replace('/', '_'))}")
+        lines.append("\t\t;;")
+    lines += ["\t*) return 1 ;;", "\tesac", "}", ""]
+    return "\n".join(lines).encode("utf-8")
