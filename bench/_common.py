@@ -26,16 +26,35 @@ class Run:
     max_rss_mib: float
 
 
+def _peak_rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def run(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Run:
-    """Run ``cmd`` to completion; wall time and the child's peak RSS (from wait4)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
+    """Run ``cmd`` to completion; wall time and the child's peak RSS.
+
+    The peak is VmHWM polled every 10 ms: wait4's ru_maxrss would report the benchmark's own RSS,
+    which a forked child inherits as its high-water mark until exec.
+    """
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _peak_rss_kib(proc.pid))
+            time.sleep(0.01)
+        seconds = time.perf_counter() - start
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{stderr[-2000:]}")
-    return Run(seconds, usage.ru_maxrss / 1024)
+    return Run(seconds, peak / 1024)
 
 
 def tool(name: str) -> str:
