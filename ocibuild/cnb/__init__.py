@@ -1,0 +1,1 @@
+"""Cloud Native Buildpacks: descriptors, order, detect, build, env, launch metadata, export, cache, rebase."""

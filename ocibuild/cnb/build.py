@@ -1,0 +1,236 @@
+"""Build: run each buildpack's bin/build in group order and collect what the exporter needs.
+
+Per buildpack (lifecycle buildpack/build.go, phase/builder.go): ``<layers>/<escaped id>/`` and a
+bp-plan with only the entries it provides; ``bin/build <layers>/<esc-id> <platform> <bp-plan>``
+(cwd = app dir, CNB_* variables per API); then every ``<layer>.toml`` is read (flags outside
+``[types]`` refused; no type true → the directory becomes ``<layer>.ignore``), build layers' env
+dirs and ``bin/``, ``lib/``… apply to the buildpacks that follow, and launch.toml, build.toml,
+store.toml and SBOM files are collected. Paths handed to buildpacks are as the sandbox shows them
+(``/layers``, ``/workspace`` in the image); files are read through the host paths.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, TextIO
+
+from ocibuild.cnb.descriptor import BuildpackStore, GroupElement, Target, escape_id
+from ocibuild.cnb.env import BuildEnv, EnvOp, LaunchEnv, build_layer_ops, launch_layer_ops
+from ocibuild.cnb.errors import BuildError, BuildpackError
+from ocibuild.cnb.launch import (
+    RESERVED_TOML,
+    Label,
+    LayerMetadata,
+    Process,
+    SBOMFile,
+    Slice,
+    collect_sbom_files,
+    read_build_toml_unmet,
+    read_launch_toml,
+    read_layer_metadata,
+    read_store_toml,
+)
+from ocibuild.cnb.plan import Plan, write_bp_plan
+from ocibuild.cnb.sandbox import DIRECT, Sandbox
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer a buildpack declared. ``path`` is on the host, ``visible_path`` as in the image."""
+
+    name: str
+    path: Path
+    visible_path: str
+    metadata: LayerMetadata
+
+    @property
+    def launch(self) -> bool:
+        return self.metadata.launch
+
+    @property
+    def build(self) -> bool:
+        return self.metadata.build
+
+    @property
+    def cache(self) -> bool:
+        return self.metadata.cache
+
+
+@dataclass(frozen=True)
+class BuildpackResult:
+    element: GroupElement
+    layers_dir: Path
+    layers: tuple[Layer, ...]
+    processes: tuple[Process, ...]
+    labels: tuple[Label, ...]
+    slices: tuple[Slice, ...]
+    met_requires: tuple[str, ...]
+    store: Mapping[str, Any] | None
+    sbom_files: tuple[SBOMFile, ...]
+
+    @property
+    def launch_layers(self) -> tuple[Layer, ...]:
+        return tuple(layer for layer in self.layers if layer.launch)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    buildpacks: tuple[BuildpackResult, ...]
+    processes: tuple[Process, ...]  # merged, sorted by type
+    default_process: str | None
+    labels: tuple[Label, ...]
+    slices: tuple[Slice, ...]
+    launch_env: LaunchEnv
+    unmet_plan: Plan  # entries no buildpack met
+    build_env: Mapping[str, str]
+
+    def process(self, ptype: str) -> Process | None:
+        return next((p for p in self.processes if p.type == ptype), None)
+
+
+def build(
+    group: tuple[GroupElement, ...],
+    plan: Plan,
+    layers_dir: Path | str,
+    app_dir: Path | str,
+    platform_dir: Path | str,
+    *,
+    buildpacks_dir: Path | str | BuildpackStore,
+    env: Mapping[str, str] | None = None,
+    target: Target | None = None,
+    build_config_dir: Path | str | None = None,
+    exec_env: str = "production",
+    sandbox: Sandbox | None = None,
+    output: TextIO | None = None,
+) -> BuildResult:
+    """Run the detected ``group``'s bin/build in order; see the module docstring.
+
+    ``output`` receives the buildpacks' stdout and stderr (default: this process's stderr).
+    Raises ``BuildpackError`` (exit 51) when a bin/build fails and ``BuildError`` (52) for outputs
+    the lifecycle refuses; both name the buildpack.
+    """
+    store = buildpacks_dir if isinstance(buildpacks_dir, BuildpackStore) else BuildpackStore(buildpacks_dir)
+    sb = sandbox or DIRECT
+    layers_dir, app_dir, platform_dir = (Path(p).absolute() for p in (layers_dir, app_dir, platform_dir))
+    config_dir = Path(build_config_dir).absolute() if build_config_dir is not None else None
+    target = target or Target()
+    build_env = BuildEnv(env)
+    remaining = plan
+    results: list[BuildpackResult] = []
+    processes: dict[str, Process] = {}
+    default_type: str | None = None
+    labels: dict[str, Label] = {}
+    slices: list[Slice] = []
+    launch_ops: list[EnvOp] = []
+
+    for element in group:
+        desc = store.lookup(element.id, element.version)
+        bp = desc.id
+        api = desc.api_version
+        bp_dir = layers_dir / escape_id(bp)
+        bp_dir.mkdir(parents=True, exist_ok=True)
+        bp_plan = remaining.find(bp)
+        with tempfile.TemporaryDirectory(prefix=f"ocibuild-{escape_id(bp)}-") as tmp:
+            plan_path = Path(tmp) / escape_id(bp) / "plan.toml"
+            plan_path.parent.mkdir()
+            write_bp_plan(plan_path, bp_plan)
+            run_env = build_env.with_overrides(None if desc.clear_env else platform_dir, config_dir)
+            run_env["CNB_BUILDPACK_DIR"] = sb.visible(desc.path)
+            if api.at_least("0.8"):
+                run_env["CNB_PLATFORM_DIR"] = sb.visible(platform_dir)
+                run_env["CNB_BP_PLAN_PATH"] = sb.visible(plan_path)
+                run_env["CNB_LAYERS_DIR"] = sb.visible(bp_dir)
+            if api.at_least("0.10"):
+                run_env.update(target.env())
+            if api.at_least("0.12"):
+                run_env["CNB_EXEC_ENV"] = exec_env
+            argv = [
+                f"{sb.visible(desc.path)}/bin/build",
+                sb.visible(bp_dir),
+                sb.visible(platform_dir),
+                sb.visible(plan_path),
+            ]
+            out = output if output is not None else sys.stderr
+            try:
+                proc = sb.run(argv, cwd=sb.visible(app_dir), env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            except OSError as err:
+                raise BuildpackError(f"buildpack {bp}@{desc.version}: cannot run bin/build: {err}", buildpack=bp) from None
+            out.write(proc.stdout.decode("utf-8", "replace"))
+            out.flush()
+            if proc.returncode != 0:
+                how = f"exit status {proc.returncode}" if proc.returncode > 0 else f"signal {-proc.returncode}"
+                raise BuildpackError(f"buildpack {bp}@{desc.version}: bin/build failed ({how})", buildpack=bp)
+
+        layers = _process_layers(bp_dir, bp, sb)
+        for layer in layers:
+            if layer.build and layer.path.is_dir():
+                build_env.apply(build_layer_ops(layer.path, layer.visible_path))
+            if layer.launch and layer.path.is_dir():
+                launch_ops.extend(launch_layer_ops(layer.path, layer.visible_path))
+
+        planned = {r.name for r in bp_plan}
+        unmet = set(read_build_toml_unmet(bp_dir / "build.toml", bp, planned))
+        met = tuple(r.name for r in bp_plan if r.name not in unmet)
+        remaining = remaining.filter(frozenset(met))
+        layer_meta = {layer.name: layer.metadata for layer in layers}
+        sbom = collect_sbom_files(bp_dir, bp, layer_meta, desc.sbom_formats)
+        launch = read_launch_toml(bp_dir / "launch.toml", api, bp)
+        for proc_ in launch.processes:
+            if proc_.default:
+                default_type = proc_.type
+            elif proc_.type == default_type:
+                default_type = None  # a non-default redefinition drops the default (lifecycle warns)
+            processes[proc_.type] = proc_
+        for label in launch.labels:
+            labels.pop(label.key, None)
+            labels[label.key] = label
+        slices.extend(launch.slices)
+        results.append(
+            BuildpackResult(
+                element=element,
+                layers_dir=bp_dir,
+                layers=layers,
+                processes=launch.processes,
+                labels=launch.labels,
+                slices=launch.slices,
+                met_requires=met,
+                store=read_store_toml(bp_dir / "store.toml", bp),
+                sbom_files=sbom,
+            )
+        )
+
+    return BuildResult(
+        buildpacks=tuple(results),
+        processes=tuple(processes[k] for k in sorted(processes)),
+        default_process=default_type,
+        labels=tuple(labels.values()),
+        slices=tuple(slices),
+        launch_env=LaunchEnv(tuple(launch_ops)),
+        unmet_plan=remaining,
+        build_env=dict(build_env.vars),
+    )
+
+
+def _process_layers(bp_dir: Path, bp: str, sb: Sandbox) -> tuple[Layer, ...]:
+    """Read every ``<layer>.toml``; rename type-less layers to ``<layer>.ignore`` (lifecycle rules)."""
+    layers = []
+    for toml_path in sorted(bp_dir.glob("*.toml")):
+        if toml_path.name in RESERVED_TOML or not toml_path.is_file():
+            continue
+        name = toml_path.name[: -len(".toml")]
+        meta = read_layer_metadata(toml_path, bp)
+        path = bp_dir / name
+        if not meta.any_type:
+            if path.exists():
+                ignored = bp_dir / f"{name}.ignore"
+                if ignored.exists():
+                    shutil.rmtree(ignored)
+                path.rename(ignored)
+            continue
+        layers.append(Layer(name, path, sb.visible(path), meta))
+    return tuple(layers)

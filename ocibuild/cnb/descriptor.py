@@ -1,0 +1,397 @@
+"""buildpack.toml, order.toml and group elements: parsed once, validated, frozen.
+
+Buildpack API 0.7–0.12 (the range the current lifecycle speaks). Parsing is strict where the spec
+is (ids, API, types) and lenient where real buildpacks vary (``[[targets.distros]]`` vs the
+lifecycle's older ``distributions``, ``exec-env`` as strings or ``{name=…}`` tables).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ocibuild.cnb.errors import (
+    BuildpackNotFound,
+    DescriptorError,
+    IncompatibleBuildpackAPI,
+)
+
+SUPPORTED_APIS: tuple[str, ...] = ("0.7", "0.8", "0.9", "0.10", "0.11", "0.12")
+RESERVED_IDS = frozenset({"app", "config", "generated", "sbom"})
+_ID_RE = re.compile(r"^[A-Za-z0-9./-]+$")
+_API_RE = re.compile(r"^(\d+)\.(\d+)$")
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, order=True)
+class ApiVersion:
+    """A ``major.minor`` Buildpack API version, ordered numerically (0.10 > 0.9)."""
+
+    major: int
+    minor: int
+
+    @classmethod
+    def parse(cls, text: str) -> ApiVersion:
+        m = _API_RE.match(text.strip()) if isinstance(text, str) else None
+        if not m:
+            raise DescriptorError(f"invalid buildpack API version {text!r}")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    def at_least(self, other: str) -> bool:
+        return self >= ApiVersion.parse(other)
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+def escape_id(buildpack_id: str) -> str:
+    """The directory name of a buildpack id (lifecycle ``launch.EscapeID``): ``/`` becomes ``_``."""
+    return buildpack_id.replace("/", "_")
+
+
+def validate_id(buildpack_id: str, where: str = "buildpack") -> str:
+    if not isinstance(buildpack_id, str) or not buildpack_id:
+        raise DescriptorError(f"{where}: id is required")
+    if not _ID_RE.match(buildpack_id):
+        raise DescriptorError(
+            f"{where}: id {buildpack_id!r} may contain only letters, digits, '.', '/' and '-'"
+        )
+    if buildpack_id in RESERVED_IDS:
+        raise DescriptorError(f"{where}: id {buildpack_id!r} is reserved")
+    return buildpack_id
+
+
+def check_api(text: Any, where: str) -> ApiVersion:
+    if not isinstance(text, str):
+        raise DescriptorError(f"{where}: api is required")
+    version = ApiVersion.parse(text)
+    if str(version) not in SUPPORTED_APIS:
+        raise IncompatibleBuildpackAPI(
+            f"{where}: buildpack API {text} is not supported (supported: {', '.join(SUPPORTED_APIS)})",
+            buildpack=where,
+        )
+    return version
+
+
+@dataclass(frozen=True)
+class GroupElement:
+    """One entry of an order group or of the detected group (id@version, optional, api, homepage)."""
+
+    id: str
+    version: str = ""
+    optional: bool = False
+    api: str = ""
+    homepage: str = ""
+    exec_env: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.id}@{self.version}"
+
+    def no_opt(self) -> GroupElement:
+        return replace(self, optional=False)
+
+    @property
+    def api_version(self) -> ApiVersion:
+        return ApiVersion.parse(self.api)
+
+
+@dataclass(frozen=True)
+class Group:
+    elements: tuple[GroupElement, ...]
+
+    def __iter__(self):
+        return iter(self.elements)
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+
+@dataclass(frozen=True)
+class Order:
+    groups: tuple[Group, ...] = ()
+
+    def __iter__(self):
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+
+@dataclass(frozen=True)
+class Distro:
+    name: str = ""
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A ``[[targets]]`` entry of buildpack.toml; empty fields and ``*`` match anything."""
+
+    os: str = ""
+    arch: str = ""
+    variant: str = ""
+    distros: tuple[Distro, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    """The target a build runs for (from the run image); exported to buildpacks as ``CNB_TARGET_*``."""
+
+    os: str = "linux"
+    arch: str = "amd64"
+    arch_variant: str = ""
+    distro_name: str = ""
+    distro_version: str = ""
+
+    def env(self) -> dict[str, str]:
+        """The lifecycle's ``EnvVarsFor``: OS and arch always, the rest only when known."""
+        out = {"CNB_TARGET_OS": self.os, "CNB_TARGET_ARCH": self.arch}
+        if self.arch_variant:
+            out["CNB_TARGET_ARCH_VARIANT"] = self.arch_variant
+        if self.distro_name:
+            out["CNB_TARGET_DISTRO_NAME"] = self.distro_name
+        if self.distro_version:
+            out["CNB_TARGET_DISTRO_VERSION"] = self.distro_version
+        return out
+
+    def satisfies(self, spec: TargetSpec) -> bool:
+        def ok(want: str, have: str) -> bool:
+            return want in ("", "*") or not have or want == have
+
+        if not (ok(spec.os, self.os) and ok(spec.arch, self.arch) and ok(spec.variant, self.arch_variant)):
+            return False
+        if not spec.distros or not self.distro_name:
+            return True
+        return any(
+            ok(d.name, self.distro_name) and ok(d.version, self.distro_version) for d in spec.distros
+        )
+
+
+@dataclass(frozen=True)
+class BuildpackDescriptor:
+    """A parsed buildpack.toml; ``path`` is the buildpack's root directory (``CNB_BUILDPACK_DIR``)."""
+
+    api: str
+    id: str
+    version: str
+    path: Path
+    name: str = ""
+    homepage: str = ""
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+    clear_env: bool = False
+    sbom_formats: tuple[str, ...] = ()
+    exec_env: tuple[str, ...] = ()
+    licenses: tuple[tuple[str, str], ...] = ()
+    order: Order = Order()
+    targets: tuple[TargetSpec, ...] = ()
+    stacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
+
+    @property
+    def api_version(self) -> ApiVersion:
+        return ApiVersion.parse(self.api)
+
+    @property
+    def is_composite(self) -> bool:
+        return bool(self.order)
+
+    def element(self, optional: bool = False) -> GroupElement:
+        return GroupElement(
+            id=self.id, version=self.version, optional=optional, api=self.api, homepage=self.homepage
+        )
+
+    def __str__(self) -> str:
+        return f"{self.id}@{self.version}"
+
+
+def _str(table: Mapping[str, Any], key: str, where: str, default: str = "") -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise DescriptorError(f"{where}: {key} must be a string")
+    return value
+
+
+def _bool(table: Mapping[str, Any], key: str, where: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise DescriptorError(f"{where}: {key} must be true or false")
+    return value
+
+
+def _tables(value: Any, key: str, where: str) -> list[Mapping[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise DescriptorError(f"{where}: {key} must be an array of tables")
+    return value
+
+
+def _exec_env(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise DescriptorError(f"{where}: exec-env must be an array")
+    out = []
+    for item in value:
+        name = item.get("name") if isinstance(item, dict) else item
+        if not isinstance(name, str) or not name:
+            raise DescriptorError(f"{where}: exec-env entries must be non-empty names")
+        out.append(name)
+    return tuple(out)
+
+
+def parse_group_element(table: Mapping[str, Any], where: str) -> GroupElement:
+    if not isinstance(table, dict):
+        raise DescriptorError(f"{where}: group entries must be tables")
+    element_id = validate_id(table.get("id"), where)
+    return GroupElement(
+        id=element_id,
+        version=_str(table, "version", where),
+        optional=_bool(table, "optional", where),
+        api=_str(table, "api", where),
+        homepage=_str(table, "homepage", where),
+        exec_env=_exec_env(table.get("exec-env"), where),
+    )
+
+
+def parse_order(value: Any, where: str = "order") -> Order:
+    """``[[order]] [[order.group]]`` (order.toml, or a composite's buildpack.toml)."""
+    groups = []
+    for i, table in enumerate(_tables(value, "order", where)):
+        elements = tuple(
+            parse_group_element(el, f"{where}[{i}]") for el in _tables(table.get("group"), "group", where)
+        )
+        if not elements:
+            raise DescriptorError(f"{where}[{i}]: a group must name at least one buildpack")
+        groups.append(Group(elements))
+    return Order(tuple(groups))
+
+
+def load_order(path: str | Path) -> Order:
+    """Read an ``order.toml`` (as in ``/cnb/order.toml``)."""
+    data = _read_toml(Path(path))
+    return parse_order(data.get("order"), str(path))
+
+
+def _targets(data: Mapping[str, Any], where: str) -> tuple[TargetSpec, ...]:
+    out = []
+    for t in _tables(data.get("targets"), "targets", where):
+        distros_raw = t.get("distros", t.get("distributions"))
+        distros = tuple(
+            Distro(_str(d, "name", where), _str(d, "version", where))
+            for d in _tables(distros_raw, "targets.distros", where)
+        )
+        variant = t.get("variant", t.get("arch-variant", ""))
+        if not isinstance(variant, str):
+            raise DescriptorError(f"{where}: targets.variant must be a string")
+        out.append(TargetSpec(_str(t, "os", where), _str(t, "arch", where), variant, distros))
+    return tuple(out)
+
+
+def parse_descriptor(data: Mapping[str, Any], root: Path) -> BuildpackDescriptor:
+    """Validate a buildpack.toml document whose buildpack lives in ``root``."""
+    where = str(root / "buildpack.toml")
+    info = data.get("buildpack")
+    if not isinstance(info, dict):
+        raise DescriptorError(f"{where}: [buildpack] table is required")
+    bp_id = validate_id(info.get("id"), where)
+    where = f"buildpack {bp_id}"
+    api = check_api(data.get("api"), where)
+    version = _str(info, "version", where)
+    if not version:
+        raise DescriptorError(f"{where}: version is required")
+    order = parse_order(data.get("order"), f"{where} order")
+    bin_dir = root / "bin"
+    if order and (bin_dir / "detect").exists():
+        raise DescriptorError(f"{where}: a composite buildpack (with [[order]]) must not have bin/detect")
+    if not order and not (bin_dir / "build").exists() and not (bin_dir / "build.bat").exists():
+        raise DescriptorError(f"{where}: bin/build is missing")
+    targets = _targets(data, where)
+    stacks = tuple(
+        (_str(s, "id", where), tuple(s.get("mixins") or ()))
+        for s in _tables(data.get("stacks"), "stacks", where)
+    )
+    if not targets and not order:
+        # The lifecycle infers a target from the stack (bionic) or the bin/ layout.
+        if any(sid == "io.buildpacks.stacks.bionic" for sid, _ in stacks):
+            targets = (TargetSpec("linux", "amd64", "", (Distro("ubuntu", "18.04"),)),)
+        elif (bin_dir / "build").exists():
+            targets = (TargetSpec("linux"),)
+        else:
+            targets = (TargetSpec("windows"),)
+    keywords = info.get("keywords") or []
+    sbom = info.get("sbom-formats") or []
+    if not isinstance(keywords, list) or not isinstance(sbom, list):
+        raise DescriptorError(f"{where}: keywords and sbom-formats must be arrays")
+    licenses = tuple(
+        (_str(lic, "type", where), _str(lic, "uri", where))
+        for lic in _tables(info.get("licenses"), "licenses", where)
+    )
+    metadata = data.get("metadata") or {}
+    return BuildpackDescriptor(
+        api=str(api),
+        id=bp_id,
+        version=version,
+        path=root,
+        name=_str(info, "name", where),
+        homepage=_str(info, "homepage", where),
+        description=_str(info, "description", where),
+        keywords=tuple(str(k) for k in keywords),
+        clear_env=_bool(info, "clear-env", where),
+        sbom_formats=tuple(str(s) for s in sbom),
+        exec_env=_exec_env(info.get("exec-env"), where),
+        licenses=licenses,
+        order=order,
+        targets=targets,
+        stacks=stacks,
+        metadata=MappingProxyType(dict(metadata)) if isinstance(metadata, dict) else _EMPTY,
+    )
+
+
+def load_descriptor(root: str | Path) -> BuildpackDescriptor:
+    """Read ``<root>/buildpack.toml``."""
+    root = Path(root).absolute()
+    return parse_descriptor(_read_toml(root / "buildpack.toml"), root)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise DescriptorError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise DescriptorError(f"{path}: invalid TOML: {err}") from None
+
+
+class BuildpackStore:
+    """Buildpacks extracted as the lifecycle expects them: ``<dir>/<escaped id>/<version>/``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).absolute()
+        self._cache: dict[tuple[str, str], BuildpackDescriptor] = {}
+
+    def lookup(self, buildpack_id: str, version: str) -> BuildpackDescriptor:
+        key = (buildpack_id, version)
+        if key not in self._cache:
+            path = self.root / escape_id(buildpack_id) / version
+            if not (path / "buildpack.toml").is_file():
+                raise BuildpackNotFound(
+                    f"buildpack {buildpack_id}@{version} not found in {self.root}", buildpack=buildpack_id
+                )
+            desc = load_descriptor(path)
+            if desc.id != buildpack_id or desc.version != version:
+                raise DescriptorError(
+                    f"{path}/buildpack.toml declares {desc} but is stored as {buildpack_id}@{version}",
+                    buildpack=buildpack_id,
+                )
+            self._cache[key] = desc
+        return self._cache[key]

@@ -1,0 +1,255 @@
+"""Detection: try the order's groups in turn, run each member's bin/detect, resolve the build plan.
+
+Follows the lifecycle's phase/detector.go: composites are expanded depth-first (the rest of the
+enclosing group follows each of the composite's groups; an optional composite whose groups all fail
+leaves the rest of the group to be tried alone); a buildpack id already tried in the current group
+is not tried again; each id@version's bin/detect runs once per detection. A group passes when every
+non-optional member passes, at least one passes, and a plan resolves. Exit codes: 20 when no group
+passed, 21 when additionally a bin/detect errored (exit other than 0/100 or a refused plan).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+from ocibuild.cnb.descriptor import (
+    BuildpackDescriptor,
+    BuildpackStore,
+    GroupElement,
+    Order,
+    Target,
+)
+from ocibuild.cnb.env import BuildEnv
+from ocibuild.cnb.errors import DetectErrored, DetectFailed
+from ocibuild.cnb.plan import BuildPlan, Plan, PlanError, Unresolvable, read_build_plan, resolve
+from ocibuild.cnb.sandbox import DIRECT, Sandbox
+
+CODE_PASS = 0
+CODE_FAIL = 100
+NO_GROUP_MESSAGE = "No buildpack groups passed detection."
+
+
+@dataclass(frozen=True)
+class DetectRun:
+    """One bin/detect run: exit code (-1 when it could not run or its plan was refused), output, plan."""
+
+    element: GroupElement
+    code: int
+    output: str
+    plan: BuildPlan = BuildPlan()
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    group: tuple[GroupElement, ...]
+    plan: Plan
+    runs: tuple[DetectRun, ...]
+    log: tuple[str, ...]
+
+
+class _GroupFailed(Exception):
+    def __init__(self, errored: bool):
+        self.errored = errored
+
+
+class _Detector:
+    def __init__(
+        self,
+        store: BuildpackStore,
+        app_dir: Path,
+        platform_dir: Path,
+        environ: Mapping[str, str] | None,
+        target: Target,
+        build_config_dir: Path | None,
+        exec_env: str,
+        sandbox: Sandbox,
+        check_targets: bool,
+    ):
+        self.store = store
+        self.app_dir = app_dir
+        self.platform_dir = platform_dir
+        self.environ = environ
+        self.target = target
+        self.build_config_dir = build_config_dir
+        self.exec_env = exec_env
+        self.sandbox = sandbox
+        self.check_targets = check_targets
+        self.runs: dict[str, DetectRun] = {}
+        self.log: list[str] = []
+
+    # -- order traversal (detectOrder / detectGroup) --------------------------------------------
+    def detect_order(
+        self, order: Order, done: list[GroupElement], rest: tuple[GroupElement, ...], optional: bool
+    ) -> tuple[tuple[GroupElement, ...], Plan]:
+        errored = False
+        for group in order:
+            try:
+                return self.detect_group((*group.elements, *rest), list(done))
+            except _GroupFailed as failed:
+                errored = errored or failed.errored
+        if optional:
+            return self.detect_group(rest, list(done))
+        raise _GroupFailed(errored)
+
+    def detect_group(
+        self, elements: tuple[GroupElement, ...], done: list[GroupElement]
+    ) -> tuple[tuple[GroupElement, ...], Plan]:
+        for i, element in enumerate(elements):
+            if any(d.id == element.id for d in done):
+                continue
+            desc = self.store.lookup(element.id, element.version)
+            if desc.is_composite:
+                return self.detect_order(desc.order, done, elements[i + 1 :], element.optional)
+            member = replace(element, api=desc.api, homepage=desc.homepage)
+            done.append(member)
+            key = str(member)
+            if key in self.runs:
+                continue
+            if self.check_targets and desc.targets and not any(self.target.satisfies(t) for t in desc.targets):
+                if not element.optional:
+                    self.runs[key] = DetectRun(
+                        member, -1, "", error=f"unable to satisfy target os/arch constraints ({self.target.os}/"
+                        f"{self.target.arch})"
+                    )
+                else:
+                    done.pop()
+                continue
+            self.runs[key] = self.run_detect(desc, member)
+        return self.resolve(done)
+
+    # -- one bin/detect -----------------------------------------------------------------------------
+    def run_detect(self, desc: BuildpackDescriptor, member: GroupElement) -> DetectRun:
+        sb = self.sandbox
+        api = desc.api_version
+        with tempfile.TemporaryDirectory(prefix="ocibuild-plan-") as tmp:
+            plan_path = Path(tmp) / "plan.toml"
+            plan_path.write_bytes(b"")
+            env = BuildEnv(self.environ).with_overrides(
+                None if desc.clear_env else self.platform_dir, self.build_config_dir
+            )
+            env["CNB_BUILDPACK_DIR"] = sb.visible(desc.path)
+            if api.at_least("0.8"):
+                env["CNB_PLATFORM_DIR"] = sb.visible(self.platform_dir)
+                env["CNB_BUILD_PLAN_PATH"] = sb.visible(plan_path)
+            if api.at_least("0.10"):
+                env.update(self.target.env())
+            if api.at_least("0.12"):
+                env["CNB_EXEC_ENV"] = self.exec_env
+            argv = [
+                f"{sb.visible(desc.path)}/bin/detect",
+                sb.visible(self.platform_dir),
+                sb.visible(plan_path),
+            ]
+            try:
+                proc = sb.run(
+                    argv, cwd=sb.visible(self.app_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                )
+            except OSError as err:
+                return DetectRun(member, -1, "", error=str(err))
+            output = proc.stdout.decode("utf-8", "replace")
+            if proc.returncode != CODE_PASS:
+                code = proc.returncode if proc.returncode > 0 else -1
+                return DetectRun(member, code, output)
+            try:
+                plan = read_build_plan(plan_path)
+            except PlanError as err:
+                return DetectRun(member, -1, output, error=f"buildpack {desc.id} {err}")
+        return DetectRun(member, CODE_PASS, output, plan)
+
+    # -- Resolve ------------------------------------------------------------------------------------
+    def resolve(self, done: list[GroupElement]) -> tuple[tuple[GroupElement, ...], Plan]:
+        runs = [self.runs[str(el)] for el in done]
+        for el, run in zip(done, runs):
+            if run.output:
+                self.log.append(f"======== Output: {el} ========")
+                self.log.append(run.output.rstrip("\n"))
+            if run.error:
+                self.log.append(f"======== Error: {el} ========")
+                self.log.append(run.error)
+        self.log.append("======== Results ========")
+        detected, any_passed, errored = True, False, False
+        passed: list[tuple[GroupElement, BuildPlan]] = []
+        for el, run in zip(done, runs):
+            if run.code == CODE_PASS:
+                self.log.append(f"pass: {el}")
+                passed.append((el, run.plan))
+                any_passed = True
+            elif run.code == CODE_FAIL:
+                self.log.append(f"{'skip' if el.optional else 'fail'}: {el}")
+                detected = detected and el.optional
+            else:
+                self.log.append(f"err:  {el}" + (f" ({run.code})" if run.code > 0 else ""))
+                errored = True
+                detected = detected and el.optional
+        if not detected:
+            raise _GroupFailed(errored)
+        if not any_passed:
+            self.log.append("fail: no viable buildpacks in group")
+            raise _GroupFailed(False)
+        try:
+            group, plan = resolve(passed, self.log.append)
+        except Unresolvable:
+            raise _GroupFailed(False) from None
+        if len(group) != len(done):
+            self.log.append(f"{len(group)} of {len(done)} buildpacks participating")
+        for el in group:
+            self.log.append(f"{el.id} {el.version}")
+        return group, plan
+
+
+def detect(
+    order: Order,
+    buildpacks_dir: Path | str | BuildpackStore,
+    app_dir: Path | str,
+    platform_dir: Path | str,
+    *,
+    env: Mapping[str, str] | None = None,
+    target: Target | None = None,
+    build_config_dir: Path | str | None = None,
+    exec_env: str = "production",
+    sandbox: Sandbox | None = None,
+    check_targets: bool = False,
+) -> DetectResult:
+    """Find the first group of ``order`` that passes detection and resolve its plan.
+
+    ``env`` is the environment the include-list is cut from (default ``os.environ``); user variables
+    belong in ``<platform_dir>/env/``. ``sandbox`` (from ``prepare_sandbox``) makes the app dir and
+    other host paths appear where buildpacks expect them. ``check_targets`` applies the Platform
+    API 0.12 target filter (buildpack ``[[targets]]`` against ``target``).
+    """
+    store = buildpacks_dir if isinstance(buildpacks_dir, BuildpackStore) else BuildpackStore(buildpacks_dir)
+    detector = _Detector(
+        store,
+        Path(app_dir).absolute(),
+        Path(platform_dir).absolute(),
+        env,
+        target or Target(),
+        Path(build_config_dir).absolute() if build_config_dir is not None else None,
+        exec_env,
+        sandbox or DIRECT,
+        check_targets,
+    )
+    try:
+        group, plan = detector.detect_order(order, [], (), False)
+    except _GroupFailed as failed:
+        detector.log.append(NO_GROUP_MESSAGE)
+        log = tuple(detector.log)
+        if failed.errored:
+            bad = [f"{r.element} ({r.code if r.code > 0 else r.error or 'error'})" for r in detector.runs.values()
+                   if r.code not in (CODE_PASS, CODE_FAIL)]
+            raise DetectErrored(
+                f"{NO_GROUP_MESSAGE} Buildpack(s) errored: {', '.join(bad)}", log=log
+            ) from None
+        raise DetectFailed(NO_GROUP_MESSAGE, log=log) from None
+    return DetectResult(group, plan, tuple(detector.runs.values()), tuple(detector.log))
+
+
+def detect_verbose_log(result_or_error: DetectResult | DetectFailed) -> str:
+    """The detection log (every buildpack's output, the pass/fail lines) for ``-v``."""
+    return os.linesep.join(result_or_error.log)
