@@ -7,6 +7,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,11 +45,14 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryS
 
 @pytest.fixture
 def registry_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """Start private registries (``factory(kind="plain")``) for tests that need one to themselves."""
+    """Start private registries for tests that need one to themselves.
+
+    ``factory(kind="plain", config_overrides=None)``; each is stopped when the test ends.
+    """
     servers: list[RegistryServer] = []
 
-    def factory(kind: str = "plain") -> RegistryServer:
-        server = start_registry(tmp_path_factory.mktemp(f"registry-{kind}"), kind)  # type: ignore[arg-type]
+    def factory(kind: str = "plain", **kwargs: Any) -> RegistryServer:
+        server = start_registry(tmp_path_factory.mktemp(f"registry-{kind}"), kind, **kwargs)  # type: ignore[arg-type]
         servers.append(server)
         return server
 

@@ -295,3 +295,28 @@ def test_skopeo_round_trip_through_each_registry(which: str, request: pytest.Fix
     skopeo_copy(server.skopeo_ref(fresh_repo, "v1"), f"oci:{tmp_path / 'back'}:v1", server)
     schemas.validate_layout(tmp_path / "back")
     assert (tmp_path / "back/blobs/sha256" / info.manifest.digest.split(":")[1]).read_bytes() == info.manifest_bytes
+
+
+# -- registry configuration and failure reporting -------------------------------------------------
+def test_config_overrides_reach_the_registry(registry_factory, fresh_repo: str) -> None:  # type: ignore[no-untyped-def]
+    server = registry_factory("plain", config_overrides={"storage": {"delete": {"enabled": False}}})
+    digest = _push_blob(server, fresh_repo, b"kept")
+    with server.session() as s:
+        r = s.delete(f"{server.url}/v2/{fresh_repo}/blobs/{digest}", timeout=5)
+    assert r.status_code == 405  # deletes disabled by the override; the default config allows them
+    assert json.loads(server.config.read_text())["storage"]["filesystem"]["rootdirectory"] == str(server.storage)
+
+
+def test_registry_that_cannot_start_fails_with_its_log(tmp_path: Path) -> None:
+    from support.registry import start_registry
+
+    with pytest.raises(pytest.fail.Exception) as info:
+        start_registry(tmp_path / "bad", "plain", config_overrides={"log": {"level": "shouting"}})
+    message = str(info.value)
+    assert "did not become ready" in message and "process exited" in message
+    assert "log tail" in message and "shouting" in message
+
+
+def test_ocibuild_args_name_the_way_in(registry: RegistryServer, tls_registry: RegistryServer) -> None:
+    assert registry.ocibuild_args() == ["--insecure-registry", registry.host]
+    assert tls_registry.ocibuild_args() == ["--ca-cert", str(tls_registry.ca_cert)]

@@ -10,7 +10,9 @@ does not re-verify blobs it serves).
 
 from __future__ import annotations
 
+import atexit
 import base64
+import ctypes
 import datetime as dt
 import ipaddress
 import json
@@ -22,10 +24,10 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import requests
@@ -143,6 +145,15 @@ class RegistryServer:
             json.dump(self.auth_config(), f)
         return path
 
+    def ocibuild_args(self) -> list[str]:
+        """Global ``ocibuild`` options that reach this registry (put them before the command).
+
+        Credentials are not options: pass ``REGISTRY_AUTH_FILE=write_auth_file(...)`` in the environment.
+        """
+        if self.kind == "tls":
+            return ["--ca-cert", str(self.ca_cert)]
+        return ["--insecure-registry", self.host]
+
     # -- talking to it directly (for setup and assertions, not as the client under test) ------
     def session(self) -> requests.Session:
         """A ``requests`` session that trusts this registry's CA and carries its credentials."""
@@ -224,58 +235,74 @@ class RegistryServer:
             return
         self._stopped = True
         _terminate(self.process)
+        if self in _LIVE:
+            _LIVE.remove(self)
 
 
 # ---------------------------------------------------------------------------------------------
-def start_registry(root: Path, kind: Kind = "plain", attempts: int = 3) -> RegistryServer:
-    """Start a registry of ``kind`` under ``root`` (created) and wait until it answers ``/v2/``."""
+_LIVE: list[RegistryServer] = []
+
+
+def start_registry(
+    root: Path,
+    kind: Kind = "plain",
+    *,
+    config_overrides: Mapping[str, Any] | None = None,
+    attempts: int = 3,
+) -> RegistryServer:
+    """Start a registry of ``kind`` under ``root`` (created) and wait until it answers ``/v2/``.
+
+    ``config_overrides`` is deep-merged into the generated configuration (e.g.
+    ``{"storage": {"delete": {"enabled": False}}}``). A registry that does not come up fails the
+    test with the reason and the tail of its log.
+    """
     binary = require_tool(REGISTRY_BINARY)
     root.mkdir(parents=True, exist_ok=True)
     (root / "storage").mkdir(exist_ok=True)
-    extra: dict[str, object] = {}
-    auth_yaml = tls_yaml = ""
+    extra: dict[str, Any] = {}
+    http: dict[str, Any] = {"secret": "ocibuild-test-secret"}
+    config: dict[str, Any] = {
+        "version": "0.1",
+        "log": {"level": "info", "accesslog": {"disabled": False}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(root / "storage")},
+            "delete": {"enabled": True},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": http,
+    }
     if kind == "basic":
         htpasswd = _write_htpasswd(root / "htpasswd", BASIC_USERNAME, SENTINEL_PASSWORD)
         extra.update(username=BASIC_USERNAME, password=SENTINEL_PASSWORD)
-        auth_yaml = f"auth:\n  htpasswd:\n    realm: basic-realm\n    path: {_yaml_str(htpasswd)}\n"
+        config["auth"] = {"htpasswd": {"realm": "basic-realm", "path": str(htpasswd)}}
     elif kind == "tls":
         ca, cert, key = make_tls_files(root / "tls")
         (root / "certs.d").mkdir(exist_ok=True)
         (root / "certs.d" / "ca.crt").write_bytes(ca.read_bytes())
         extra.update(ca_cert=ca, cert=cert, key=key)
-        tls_yaml = f"  tls:\n    certificate: {_yaml_str(cert)}\n    key: {_yaml_str(key)}\n"
+        http["tls"] = {"certificate": str(cert), "key": str(key)}
     elif kind != "plain":
         raise ValueError(f"unknown registry kind {kind!r}")
 
     last_error = ""
     for _ in range(attempts):
         port = free_port()
-        config = root / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: info\n  accesslog:\n    disabled: false\n"
-            "storage:\n"
-            f"  filesystem:\n    rootdirectory: {_yaml_str(root / 'storage')}\n"
-            "  delete:\n    enabled: true\n"
-            "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-            "http:\n"
-            f"  addr: 127.0.0.1:{port}\n"
-            "  secret: ocibuild-test-secret\n"
-            f"{tls_yaml}{auth_yaml}"
-        )
-        log = open(root / "registry.log", "ab")
-        try:
+        http["addr"] = f"127.0.0.1:{port}"
+        document = _merge(config, config_overrides or {})
+        # JSON is valid YAML: no quoting surprises whatever the paths hold.
+        (root / "config.yml").write_text(json.dumps(document, indent=2))
+        with open(root / "registry.log", "ab") as log:
             process = subprocess.Popen(
-                [binary, "serve", str(config)],
+                [binary, "serve", str(root / "config.yml")],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=root,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
-        finally:
-            log.close()
-        server = RegistryServer(kind=kind, root=root, port=port, process=process, **extra)  # type: ignore[arg-type]
+        server = RegistryServer(kind=kind, root=root, port=port, process=process, **extra)
+        _LIVE.append(server)
         ready, last_error = _wait_ready(server)
         if ready:
             return server
@@ -288,6 +315,30 @@ def start_registry(root: Path, kind: Kind = "plain", attempts: int = 3) -> Regis
         pytrace=False,
     )
     raise AssertionError("unreachable")
+
+
+def _merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies, so no registry outlives a killed run."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in _LIVE:
+        server.stop()
 
 
 def free_port() -> int:
@@ -426,10 +477,6 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     )
     key_path.chmod(0o600)
     return ca_path, cert_path, key_path
-
-
-def _yaml_str(path: Path) -> str:
-    return json.dumps(str(path))  # a JSON string is a valid YAML scalar, whatever the path holds
 
 
 def _tail_text(path: Path, lines: int = 30) -> str:
