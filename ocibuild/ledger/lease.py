@@ -216,6 +216,28 @@ class Lease(AbstractContextManager["Lease"]):
 
         return before_publish
 
+    # -- writing under the lease ---------------------------------------------------------------
+    def put_blob(
+        self, store: Any, desc: Descriptor, stream: Any, *, role: str | None = None, ephemeral: bool = False
+    ) -> None:
+        """Write a blob into a layout under this lease, holding it even when it is already there.
+
+        Runs under the layout's writer lock: no GC can sweep the blob between the hold and the write.
+        """
+        with store.writer_lock():
+            self.ledger.hold(self.id, [desc.digest], layout_location(store.path))
+            store.put_blob(desc, stream, before_publish=self.publish_hook(store, role or ROLE_LAYER, ephemeral,
+                                                                          blob_role=role))
+
+    def put_manifest(
+        self, store: Any, desc: Descriptor, raw: bytes, *, role: str, tag: str | None = None,
+        ephemeral: bool = False,
+    ) -> Descriptor:
+        """Write (and optionally tag) a manifest under this lease; see ``put_blob``."""
+        with store.writer_lock():
+            self.ledger.hold(self.id, [desc.digest], layout_location(store.path))
+            return store.put_manifest(desc, raw, tag=tag, before_publish=self.publish_hook(store, role, ephemeral))
+
 
 def dead_leases(ledger: Ledger, *, now: float | None = None) -> list[LeaseRow]:
     """Leases that are not live (released, expired or dead), judged once."""

@@ -1,0 +1,214 @@
+"""fsck: check the scratch layout, the ledger and the blobs against each other.
+
+What is checked: every ``index.json`` entry names a present, parseable manifest of the announced
+size and digest; every blob reachable from a root is present (or the ledger records a registry
+it can be fetched from) with the announced size; manifests and configs hash to their file names
+(``full`` re-hashes every blob); ledger rows point at blobs that exist; no lease expired without
+being released; no stale temp files. Runs under the layout's shared writer lock so a concurrent GC
+cannot produce false alarms, while builds keep writing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ocibuild.errors import ManifestError, OCIBuildError
+from ocibuild.ledger.db import Ledger
+from ocibuild.ledger.gc import _cache_roots, _Abort, _looks_like_json, _scan_blobs
+from ocibuild.ledger.lease import DEFAULT_TTL, LIVE, lease_state
+from ocibuild.ledger.scratch import Scratch, layout_location
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.descriptor import Descriptor
+from ocibuild.oci.digest import CHUNK, Digest, Hasher
+from ocibuild.oci.manifest import MAX_MANIFEST_BYTES, parse_manifest
+
+
+@dataclass
+class FsckReport:
+    problems: list[str] = field(default_factory=list)
+    checked_blobs: int = 0
+    checked_manifests: int = 0
+    rehashed: int = 0
+    full: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+
+def _hash_file(path: os.PathLike[str] | str, algorithm: str) -> tuple[Digest, int]:
+    hasher = Hasher(algorithm)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.digest(), hasher.size
+
+
+def check(
+    scratch: "Scratch | str | os.PathLike[str] | None" = None,
+    *,
+    full: bool = False,
+    tmp_ttl: float = DEFAULT_TTL,
+    now: float | None = None,
+) -> FsckReport:
+    sc = Scratch.resolve(scratch)
+    report = FsckReport(full=full)
+    ts = time.time() if now is None else now
+    ledger: Ledger | None = None
+    if sc.ledger_path.exists():
+        try:
+            ledger = Ledger(sc.ledger_path)
+            ledger.leases()
+        except OCIBuildError as exc:
+            report.problems.append(f"ledger: {exc}")
+            ledger = None
+    try:
+        live: set[str] = set()
+        if ledger is not None:
+            for row in ledger.leases(include_released=False):
+                state = lease_state(row, now=ts)
+                if state == LIVE:
+                    live.add(row.id)
+                else:
+                    report.problems.append(f"lease {row.id} (pid {row.pid} on {row.host}) is {state} but not released; run ocibuild gc")
+        if (sc.layout_path / "oci-layout").exists():
+            from ocibuild.store.layout import LayoutStore
+
+            try:
+                store = LayoutStore(sc.layout_path)
+            except OCIBuildError as exc:
+                report.problems.append(str(exc))
+                return report
+            with store.writer_lock():
+                _check_layout(sc, store, ledger, live, report, full, tmp_ttl, ts)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    return report
+
+
+def _check_layout(
+    sc: Scratch, store: Any, ledger: Ledger | None, live: set[str], report: FsckReport,
+    full: bool, tmp_ttl: float, ts: float,
+) -> None:
+    loc = layout_location(store.path)
+    rows = {r.digest: r for r in ledger.query(location=loc)} if ledger is not None else {}
+    live_held = {d for lid, d, _ in (ledger.holds(loc) if ledger else []) if lid in live}
+    verified: set[Digest] = set()
+
+    def has_source(digest: Digest) -> bool:
+        return ledger is not None and ledger.has_source(digest)
+
+    def verify(digest: Digest, path: Any, what: str) -> bool:
+        if digest in verified or not digest.supported:
+            return True
+        got, _ = _hash_file(path, digest.algorithm)
+        report.rehashed += 1
+        verified.add(digest)
+        if got != digest:
+            report.problems.append(f"{what} {digest}: content hashes to {got} (corrupt blob)")
+            return False
+        return True
+
+    try:
+        entries = store.index_entries()
+    except OCIBuildError as exc:
+        report.problems.append(f"index.json: {exc}")
+        entries = []
+
+    queue: deque[tuple[Descriptor, str]] = deque()
+    for entry in entries:
+        label = f"index.json entry {entry.ref_name or '(untagged)'}"
+        if not store.blob_path(entry.digest).exists() and not has_source(entry.digest):
+            report.problems.append(f"{label}: manifest {entry.digest} is missing")
+            continue
+        queue.append((entry, label))
+    for digest in live_held:
+        row = rows.get(digest)
+        if row is not None and row.media_type:
+            queue.append((Descriptor(row.media_type, digest, row.size), f"lease {row.lease_id}"))
+    try:
+        queue.extend((Descriptor(media_type or mt.OCI_MANIFEST, d, 0), "build cache") for d, media_type in _cache_roots(sc))
+    except _Abort as exc:
+        report.problems.append(str(exc))
+
+    seen: set[Digest] = set()
+    while queue:
+        desc, parent = queue.popleft()
+        if desc.digest in seen:
+            continue
+        seen.add(desc.digest)
+        path = store.blob_path(desc.digest)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            if not has_source(desc.digest) and not desc.urls and desc.data is None:
+                report.problems.append(f"blob {desc.digest} referenced by {parent} is missing and has no recorded source")
+            continue
+        report.checked_blobs += 1
+        if desc.size and size != desc.size:
+            report.problems.append(f"blob {desc.digest}: {size} bytes on disk, {desc.size} announced by {parent}")
+            continue
+        if mt.is_manifest_like(desc.media_type):
+            if size > MAX_MANIFEST_BYTES:
+                report.problems.append(f"manifest {desc.digest}: {size} bytes, over the manifest size limit")
+                continue
+            if not verify(desc.digest, path, "manifest"):
+                continue
+            try:
+                manifest = parse_manifest(path.read_bytes(), desc.media_type)
+            except ManifestError as exc:
+                report.problems.append(f"manifest {desc.digest} ({parent}) does not parse: {exc}")
+                continue
+            report.checked_manifests += 1
+            label = f"manifest {desc.digest.short()}"
+            queue.extend((child, label) for child in manifest.children())
+        elif desc.media_type in mt.CONFIG_TYPES or (size <= MAX_MANIFEST_BYTES and _looks_like_json(path)) or full:
+            verify(desc.digest, path, "blob")
+
+    # Every blob file: named like a digest; recorded small JSON and (with full) everything re-hashed.
+    names = {d for d, _ in _scan_blobs(store.path)}
+    for digest, path in _scan_blobs(store.path):
+        row = rows.get(digest)
+        if full or (row is not None and (mt.is_manifest_like(row.media_type) or row.media_type in mt.CONFIG_TYPES)):
+            verify(digest, path, "blob")
+    blobs_dir = store.path / "blobs"
+    if blobs_dir.is_dir():
+        for alg in os.scandir(blobs_dir):
+            if alg.is_dir():
+                for entry in os.scandir(alg.path):
+                    try:
+                        Digest.parse(f"{alg.name}:{entry.name}")
+                    except OCIBuildError:
+                        report.problems.append(f"foreign file in blobs/: {alg.name}/{entry.name}")
+
+    # Ledger rows against the disk (rows of builds in flight may precede their blob).
+    for digest, row in rows.items():
+        if digest in names:
+            try:
+                size = store.blob_path(digest).stat().st_size
+            except FileNotFoundError:
+                continue
+            if row.size and size != row.size:
+                report.problems.append(f"ledger row {digest}: size {row.size}, blob has {size} bytes")
+        elif digest not in live_held:
+            report.problems.append(f"ledger row for missing blob {digest} ({row.role}, lease {row.lease_id})")
+
+    tmp = store.path / ".tmp"
+    if tmp.is_dir():
+        for entry in os.scandir(tmp):
+            try:
+                age = ts - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if age > tmp_ttl:
+                report.problems.append(f"stale temp file .tmp/{entry.name} ({int(age)} s old); run ocibuild gc")

@@ -1,0 +1,464 @@
+"""Garbage collection of the scratch layout: mark from every root, sweep the rest, trust the ledger.
+
+Roots are ``index.json`` entries (tags, fallback ``sha256-*`` referrer tags, untagged pushes), the
+objects held by live leases, and the build cache. Ephemeral manifests of released or expired
+leases are first untagged, then marking follows indexes, manifests, configs, layers, ledger edges
+and ``subject`` referrers (a manifest whose subject is marked is kept). Children that are not
+present locally are fine: a composed builder's base layers live in a registry.
+
+The sweep holds the layout's exclusive ``gc_lock`` (writers hold it shared) and is biased to
+leaking: if the ledger, ``index.json`` or a reachable manifest cannot be read, nothing is deleted;
+blobs younger than a grace period are kept unless a dead lease recorded them. Kept blobs are not
+re-hashed (digests were verified on write); only manifests and indexes are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ocibuild.errors import ManifestError, NotFound, OCIBuildError
+from ocibuild.ledger.db import ROLE_CACHE, Ledger, ObjectRow
+from ocibuild.ledger.lease import DEFAULT_TTL, LIVE, Lease, lease_state
+from ocibuild.ledger.scratch import Scratch, is_layout_location, layout_location
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.digest import Digest
+from ocibuild.oci.manifest import MAX_MANIFEST_BYTES, Index, parse_manifest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = 3600.0
+"""Unrecorded blobs younger than this are kept: another tool may be about to reference them."""
+LEASE_RETENTION = 7 * 24 * 3600.0
+"""Released leases are forgotten after a week (the ledger keeps its audit trail that long)."""
+
+
+@dataclass
+class GCReport:
+    """What one collection removed (or, with ``dry_run``, would remove)."""
+
+    dry_run: bool = False
+    removed_blobs: int = 0
+    removed_bytes: int = 0
+    removed_manifests: int = 0
+    kept: int = 0
+    kept_young: int = 0
+    removed: list[str] = field(default_factory=list)
+    untagged: list[str] = field(default_factory=list)
+    registry_deleted: list[str] = field(default_factory=list)
+    removed_temp: list[str] = field(default_factory=list)
+    expired_leases: list[str] = field(default_factory=list)
+    forgotten_rows: int = 0
+    errors: list[str] = field(default_factory=list)
+    aborted: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Abort(Exception):
+    """Something GC cannot judge safely: delete nothing."""
+
+
+# -- entry points ------------------------------------------------------------------------------
+def collect(
+    scratch: "Scratch | str | os.PathLike[str] | None" = None,
+    *,
+    dry_run: bool = False,
+    grace_seconds: float = DEFAULT_GRACE,
+    tmp_ttl: float = DEFAULT_TTL,
+    registry_options: Any = None,
+    now: float | None = None,
+) -> GCReport:
+    """Collect the scratch layout of ``scratch`` and delete ephemeral manifests pushed to registries."""
+    started = time.monotonic()
+    sc = Scratch.resolve(scratch)
+    report = GCReport(dry_run=dry_run)
+    if not sc.root.exists():
+        return report
+    try:
+        ledger = sc.open_ledger()
+    except OCIBuildError as exc:
+        report.aborted = True
+        report.errors.append(f"ledger unreadable, nothing deleted: {exc}")
+        return report
+    try:
+        remote: list[ObjectRow] = []
+        if (sc.layout_path / "oci-layout").exists():
+            from ocibuild.store.layout import LayoutStore
+
+            store = LayoutStore(sc.layout_path)
+            with store.gc_lock():
+                try:
+                    remote = _collect_layout(sc, store, ledger, report, dry_run, grace_seconds, tmp_ttl, now)
+                except (_Abort, OCIBuildError, OSError) as exc:
+                    report.aborted = True
+                    report.errors.append(f"nothing deleted: {_one_line(exc)}")
+                    return report
+        else:
+            try:
+                remote = _dead_remote_ephemerals(ledger, _live_ids(ledger, now))
+            except OCIBuildError as exc:
+                report.aborted = True
+                report.errors.append(f"ledger unreadable, nothing deleted: {exc}")
+                return report
+        _delete_remote(ledger, remote, report, dry_run, registry_options)
+    finally:
+        ledger.close()
+        report.seconds = round(time.monotonic() - started, 4)
+    return report
+
+
+def release_and_collect(
+    lease: Lease, scratch: "Scratch | str | os.PathLike[str] | None" = None, **kwargs: Any
+) -> GCReport | None:
+    """For the ``finally:`` of every build: release the lease, then collect. Never raises
+    (a failing GC must not hide the build's own error); problems are logged and reported."""
+    try:
+        lease.release()
+    except Exception as exc:  # the lease will expire on its own
+        log.warning("could not release lease %s: %s", lease.id, _one_line(exc))
+    try:
+        report = collect(scratch, **kwargs)
+    except Exception as exc:
+        log.warning("garbage collection failed: %s", _one_line(exc))
+        return None
+    for err in report.errors:
+        log.warning("gc: %s", err)
+    return report
+
+
+# -- the layout pass ---------------------------------------------------------------------------
+def _live_ids(ledger: Ledger, now: float | None) -> set[str]:
+    return {row.id for row in ledger.leases(include_released=False) if lease_state(row, now=now) == LIVE}
+
+
+def _dead_remote_ephemerals(ledger: Ledger, live: set[str]) -> list[ObjectRow]:
+    live_held = {(d, loc) for lid, d, loc in ledger.holds() if lid in live}
+    return [
+        row for row in ledger.query(ephemeral=True)
+        if not is_layout_location(row.location)
+        and mt.is_manifest_like(row.media_type)
+        and (row.digest, row.location) not in live_held
+    ]
+
+
+def _collect_layout(
+    sc: Scratch,
+    store: Any,
+    ledger: Ledger,
+    report: GCReport,
+    dry_run: bool,
+    grace: float,
+    tmp_ttl: float,
+    now: float | None,
+) -> list[ObjectRow]:
+    ts = time.time() if now is None else now
+    loc = layout_location(store.path)
+
+    # 1. One consistent read of the ledger (under the exclusive lock: no writer records meanwhile).
+    with ledger.snapshot():
+        leases = ledger.leases()
+        holds = ledger.holds()
+        rows = ledger.query(location=loc)
+        all_ephemeral = ledger.query(ephemeral=True)
+        edges = ledger.edges()
+    states = {row.id: lease_state(row, now=ts) for row in leases}
+    live = {lid for lid, state in states.items() if state == LIVE}
+    dead = set(states) - live
+    live_held = {d for lid, d, hloc in holds if lid in live and hloc == loc}
+    row_of = {row.digest: row for row in rows}
+    claimed_dead = {
+        row.digest for row in rows
+        if row.digest not in live_held and row.lease_id is not None and row.lease_id not in live
+    }
+    ephemeral_dead = {
+        row.digest for row in rows
+        if row.ephemeral and mt.is_manifest_like(row.media_type) and row.digest not in live_held
+    }
+
+    # 2. Untag ephemeral manifests whose build is over.
+    entries = store.index_entries()  # a torn index.json raises: abort
+    dropped = [e for e in entries if e.digest in ephemeral_dead]
+    if dropped:
+        report.untagged = [f"{e.ref_name or ''}@{e.digest}" for e in dropped]
+        if not dry_run:
+            entries = store.update_index(lambda es: [e for e in es if e.digest not in ephemeral_dead])
+        else:
+            entries = [e for e in entries if e.digest not in ephemeral_dead]
+
+    # 3. Roots.
+    roots: list[tuple[Digest, str | None]] = [(e.digest, e.media_type) for e in entries]
+    roots += [(d, row_of[d].media_type if d in row_of else None) for d in live_held]
+    roots += [(row.digest, row.media_type) for row in rows if row.role == ROLE_CACHE and not row.ephemeral]
+    roots += _cache_roots(sc)
+
+    # 4. Mark.
+    marked: set[Digest] = set()
+    manifests_seen: set[Digest] = set()
+    _mark(store, roots, marked, manifests_seen, row_of, edges)
+    blobs = list(_scan_blobs(store.path))
+    _mark_referrers(store, blobs, marked, manifests_seen, row_of, edges, exclude=ephemeral_dead)
+
+    # 5. Sweep.
+    swept: list[Digest] = []
+    for digest, path in blobs:
+        if digest in marked:
+            report.kept += 1
+            continue
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if ts - st.st_mtime < grace and digest not in claimed_dead:
+            report.kept += 1
+            report.kept_young += 1
+            continue
+        if not dry_run:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+        swept.append(digest)
+        report.removed_blobs += 1
+        report.removed_bytes += st.st_size
+        report.removed.append(str(digest))
+        row = row_of.get(digest)
+        if (row is not None and mt.is_manifest_like(row.media_type)) or digest in manifests_seen:
+            report.removed_manifests += 1
+
+    # 6. Temp files and work directories of finished builds.
+    _clean_temp(store.path / ".tmp", sc.work_path, dead, ts, tmp_ttl, report, dry_run)
+
+    report.expired_leases = sorted(lid for lid in dead if states[lid] != "released")
+    if dry_run:
+        return [r for r in all_ephemeral if _is_dead_remote(r, holds, live)]
+
+    # 7. Reconcile the ledger with what is on disk now.
+    swept_set = set(swept)
+    stale = [
+        row.digest for row in rows
+        if row.digest not in swept_set and row.digest not in live_held and not store.blob_path(row.digest).exists()
+    ]
+    ledger.forget_many([(d, loc) for d in [*swept, *stale]])
+    report.forgotten_rows = len(swept) + len(stale)
+    remaining = {r.digest for r in ledger.query()}
+    ledger.forget_edges([p for p in edges if p not in remaining])
+    for digest in ephemeral_dead - swept_set:
+        if store.blob_path(digest).exists():
+            ledger.set_ephemeral(digest, loc, False)  # still referenced: no longer ours to delete
+    for lid in report.expired_leases:
+        ledger.release(lid, now=ts)
+    ledger.drop_holds(lid for lid in dead if not _has_remote_holds(lid, holds))
+    ledger.delete_leases(
+        row.id for row in leases
+        if row.id in dead and (row.released or ts) < ts - LEASE_RETENTION
+    )
+    return [r for r in all_ephemeral if _is_dead_remote(r, holds, live)]
+
+
+def _has_remote_holds(lease_id: str, holds: Iterable[tuple[str, Digest, str]]) -> bool:
+    return any(lid == lease_id and not is_layout_location(loc) for lid, _, loc in holds)
+
+
+def _is_dead_remote(row: ObjectRow, holds: list[tuple[str, Digest, str]], live: set[str]) -> bool:
+    if is_layout_location(row.location) or not mt.is_manifest_like(row.media_type):
+        return False
+    return not any(lid in live and d == row.digest and loc == row.location for lid, d, loc in holds)
+
+
+def _cache_roots(sc: Scratch) -> list[tuple[Digest, str | None]]:
+    """Every manifest an ``index.json`` under ``cache/`` (or one level below) points at."""
+    out: list[tuple[Digest, str | None]] = []
+    if not sc.cache_path.is_dir():
+        return out
+    for index_file in [*sc.cache_path.glob("index.json"), *sc.cache_path.glob("*/index.json")]:
+        try:
+            index = Index.parse(index_file.read_bytes())
+        except (OSError, ManifestError) as exc:
+            raise _Abort(f"build cache index {index_file} unreadable: {_one_line(exc)}") from None
+        out += [(d.digest, d.media_type) for d in index.manifests]
+    return out
+
+
+def _read_manifest(store: Any, digest: Digest, media_type: str | None, *, strict: bool):
+    """Parse a local manifest or index; None when absent. ``strict``: unreadable content aborts GC."""
+    path = store.blob_path(digest)
+    try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{size} bytes, over the manifest size limit")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except (OSError, ManifestError) as exc:
+        if strict:
+            raise _Abort(f"manifest {digest} unreadable: {_one_line(exc)}") from None
+        return None
+    try:
+        if digest.supported and Digest.of(raw, digest.algorithm) != digest:
+            raise ManifestError("content does not match its digest")
+        return parse_manifest(raw, media_type if mt.is_manifest_like(media_type) else None)
+    except (ManifestError, OCIBuildError) as exc:
+        if strict:
+            raise _Abort(f"manifest {digest} is corrupt ({_one_line(exc)}); run ocibuild fsck") from None
+        return None
+
+
+def _mark(
+    store: Any,
+    roots: Iterable[tuple[Digest, str | None]],
+    marked: set[Digest],
+    manifests_seen: set[Digest],
+    row_of: dict[Digest, ObjectRow],
+    edges: dict[Digest, list[Digest]],
+) -> None:
+    queue: deque[tuple[Digest, str | None]] = deque(roots)
+    while queue:
+        digest, media_type = queue.popleft()
+        if digest in marked:
+            continue
+        marked.add(digest)
+        queue.extend((child, row_of[child].media_type if child in row_of else None) for child in edges.get(digest, ()))
+        if not mt.is_manifest_like(media_type):
+            row = row_of.get(digest)
+            media_type = row.media_type if row is not None else media_type
+        if mt.is_manifest_like(media_type):
+            manifest = _read_manifest(store, digest, media_type, strict=True)
+        elif not media_type and _looks_like_json(store.blob_path(digest)):
+            manifest = _read_manifest(store, digest, None, strict=False)  # a held digest of unknown type
+        else:
+            continue
+        if manifest is None:
+            continue  # lives elsewhere (a registry): its children are not ours to keep
+        manifests_seen.add(digest)
+        queue.extend((child.digest, child.media_type) for child in manifest.children())
+
+
+def _mark_referrers(
+    store: Any,
+    blobs: list[tuple[Digest, Path]],
+    marked: set[Digest],
+    manifests_seen: set[Digest],
+    row_of: dict[Digest, ObjectRow],
+    edges: dict[Digest, list[Digest]],
+    *,
+    exclude: set[Digest],
+) -> None:
+    """Keep every local manifest whose ``subject`` is marked (to a fixpoint: referrers of referrers)."""
+    by_subject: dict[Digest, list[tuple[Digest, str]]] = {}
+    for digest, path in blobs:
+        if digest in marked or digest in exclude:
+            continue
+        row = row_of.get(digest)
+        if row is not None and row.media_type and not mt.is_manifest_like(row.media_type):
+            continue  # the ledger knows it is a config or a layer
+        if not _looks_like_json(path):
+            continue
+        manifest = _read_manifest(store, digest, row.media_type if row else None, strict=False)
+        if manifest is None:
+            continue
+        manifests_seen.add(digest)
+        if manifest.subject is not None:
+            by_subject.setdefault(manifest.subject.digest, []).append((digest, manifest.media_type))
+    pending = True
+    while pending:
+        pending = False
+        for subject in [s for s in by_subject if s in marked]:
+            found = [r for r in by_subject.pop(subject) if r[0] not in marked]
+            if found:
+                _mark(store, found, marked, manifests_seen, row_of, edges)
+                pending = True
+
+
+def _looks_like_json(path: Path) -> bool:
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            return False
+        with open(path, "rb") as fh:
+            return fh.read(64).lstrip()[:1] == b"{"
+    except OSError:
+        return False
+
+
+def _scan_blobs(layout: Path) -> Iterable[tuple[Digest, Path]]:
+    """Files in ``blobs/<alg>/`` named like digests (anything else is not ours to judge)."""
+    root = layout / "blobs"
+    if not root.is_dir():
+        return
+    for alg in os.scandir(root):
+        if not alg.is_dir(follow_symlinks=False):
+            continue
+        for entry in os.scandir(alg.path):
+            try:
+                digest = Digest.parse(f"{alg.name}:{entry.name}")
+            except OCIBuildError:
+                continue
+            yield digest, Path(entry.path)
+
+
+def _clean_temp(
+    tmp: Path, work: Path, dead: set[str], ts: float, ttl: float, report: GCReport, dry_run: bool
+) -> None:
+    """Temp entries older than the TTL or named after a finished lease; work dirs of finished leases."""
+    candidates: list[Path] = []
+    if tmp.is_dir():
+        for entry in os.scandir(tmp):
+            try:
+                age = ts - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if age > ttl or any(entry.name.startswith(lid) for lid in dead):
+                candidates.append(Path(entry.path))
+    if work.is_dir():
+        candidates += [Path(e.path) for e in os.scandir(work) if e.name in dead]
+    for path in candidates:
+        report.removed_temp.append(str(path))
+        if dry_run:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+# -- registries --------------------------------------------------------------------------------
+def _delete_remote(
+    ledger: Ledger, rows: list[ObjectRow], report: GCReport, dry_run: bool, options: Any
+) -> None:
+    """Delete by digest the ephemeral manifests finished builds pushed to registries."""
+    if not rows:
+        return
+    if dry_run:
+        report.registry_deleted += [f"{r.location}@{r.digest}" for r in rows]
+        return
+    from ocibuild.oci.reference import parse_docker_reference
+    from ocibuild.store.registry import get_registry_store
+
+    for row in rows:
+        name = f"{row.location}@{row.digest}"
+        try:
+            store = get_registry_store(parse_docker_reference(name), options)
+            try:
+                store.delete(str(row.digest))
+            except NotFound:
+                pass  # already gone: that is what we wanted
+            ledger.forget(row.digest, row.location)
+            report.registry_deleted.append(name)
+        except Exception as exc:  # reported, retried by the next gc; never fatal
+            report.errors.append(f"cannot delete {name}: {_one_line(exc)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+__all__ = ["DEFAULT_GRACE", "GCReport", "collect", "release_and_collect"]
