@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ocibuild.transfer.progress import ProgressSink
 
 __all__ = [
-    "config", "copy", "delete", "digest", "host_platform", "inspect", "manifest", "open_image", "tags",
+    "append", "config", "copy", "delete", "digest", "host_platform", "inspect", "manifest", "mutate",
+    "open_image", "tags", "unpack",
 ]
 
 _MACHINES = {
@@ -233,3 +234,71 @@ def delete(ref: str, *, registry: str | None = None, options: Any = None) -> Non
         if identifier is None:
             raise UsageError(f"delete needs :TAG or @DIGEST: {ref}")
         store.delete(identifier)
+
+
+def _destination(dst: str, registry: str | None) -> tuple[str | None, Any]:
+    """The tag a derived image is written under (a digest destination makes no sense here)."""
+    ref = parse_reference(dst, registry)
+    if ref.digest is not None:
+        raise UsageError(f"--tag needs a tag, not a digest: {dst}")
+    return ref.tag or "latest", ref
+
+
+def append(
+    base: str,
+    layers: list[str],
+    dst: str,
+    *,
+    platform: Platform | None = None,
+    registry: str | None = None,
+    options: Any = None,
+) -> Descriptor:
+    """A new image ``dst``: ``base`` plus one reproducible gzip layer per directory or tarball in ``layers``."""
+    from ocibuild.mutate import append_layers
+
+    tag, _ = _destination(dst, registry)
+    with open_image(base, registry=registry, options=options) as (src_store, base_id):
+        base_id = _require_identifier(src_store, base_id, base)
+        with open_image(dst, registry=registry, options=options, for_write=True) as (dst_store, _):
+            return append_layers(src_store, base_id, layers, dst_store, tag, platform=platform)
+
+
+def mutate(
+    ref: str,
+    dst: str,
+    *,
+    env: dict[str, str | None] | None = None,
+    entrypoint: list[str] | None = None,
+    cmd: list[str] | None = None,
+    labels: dict[str, str | None] | None = None,
+    user: str | None = None,
+    workdir: str | None = None,
+    annotations: dict[str, str | None] | None = None,
+    platform: Platform | None = None,
+    registry: str | None = None,
+    options: Any = None,
+) -> Descriptor:
+    """A new image ``dst`` with config edits (``None``: leave the field alone)."""
+    from ocibuild.mutate import mutate_image
+
+    tag, _ = _destination(dst, registry)
+    with open_image(ref, registry=registry, options=options) as (src_store, src_id):
+        src_id = _require_identifier(src_store, src_id, ref)
+        with open_image(dst, registry=registry, options=options, for_write=True) as (dst_store, _):
+            return mutate_image(
+                src_store, src_id, env=env, entrypoint=entrypoint, cmd=cmd, labels=labels, user=user,
+                workdir=workdir, annotations=annotations, dst_store=dst_store, dst_tag=tag, platform=platform,
+            )
+
+
+def unpack(
+    ref: str, directory: str, *, platform: Platform | None = None, registry: str | None = None, options: Any = None
+) -> Descriptor:
+    """Extract the image's root filesystem into ``directory`` (layers in order, whiteouts applied, verified)."""
+    from ocibuild.layer.extract import unpack_image
+
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        desc, raw = store.get_manifest(_require_identifier(store, identifier, ref))
+        image_desc, doc = _image_manifest(store, desc, raw, platform)
+        unpack_image(store, doc, directory)
+        return image_desc

@@ -224,6 +224,85 @@ def logout(ctx: typer.Context, registry: str = typer.Argument(..., metavar="REGI
         note(f"not logged in to {registry}", opts.quiet)
 
 
+def _argv(value: str | None) -> list[str] | None:
+    """``--entrypoint``/``--cmd``: a JSON array (exec form) or a shell-quoted string; ``""`` clears."""
+    if value is None:
+        return None
+    from ocibuild.errors import UsageError
+
+    text = value.strip()
+    if text.startswith("["):
+        import json
+
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            raise UsageError(f"not a JSON array of strings: {value!r}") from None
+        if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+            raise UsageError(f"not a JSON array of strings: {value!r}")
+        return parsed
+    import shlex
+
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"cannot split {value!r}: {exc}") from None
+
+
+def append(
+    ctx: typer.Context,
+    base: str = typer.Argument(..., metavar="BASE"),
+    layers: list[str] = typer.Argument(..., metavar="LAYER...", help="Directories or tarballs, one layer each."),
+    tag: str = typer.Option(..., "--tag", "-t", metavar="DST", help="Where to write the new image."),
+    platform: Optional[str] = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]", help="For an index base."),
+) -> None:
+    """Add layers to an image; prints the new digest."""
+    from ocibuild import api
+
+    desc = api.append(base, layers, tag, platform=_platform(platform), **global_options(ctx).store_args())
+    emit(str(desc.digest))
+
+
+def mutate(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="REF"),
+    tag: str = typer.Option(..., "--tag", "-t", metavar="DST", help="Where to write the new image."),
+    env: list[str] = typer.Option([], "--env", "-e", metavar="K=V", help="Set an environment variable (repeatable)."),
+    entrypoint: Optional[str] = typer.Option(None, "--entrypoint", help='JSON array or shell words; "" clears.'),
+    cmd: Optional[str] = typer.Option(None, "--cmd", help='JSON array or shell words; "" clears.'),
+    label: list[str] = typer.Option([], "--label", "-l", metavar="K=V", help="Set a label (repeatable)."),
+    user: Optional[str] = typer.Option(None, "--user", "-u"),
+    workdir: Optional[str] = typer.Option(None, "--workdir", "-w"),
+    annotation: list[str] = typer.Option([], "--annotation", "-a", metavar="K=V", help="Manifest annotation (repeatable)."),
+    platform: Optional[str] = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]", help="For an index."),
+) -> None:
+    """Edit an image's config (env, entrypoint, cmd, labels, user, workdir) and annotations."""
+    from ocibuild import api
+
+    desc = api.mutate(
+        ref, tag,
+        env=_pairs(env, "--env") or None, entrypoint=_argv(entrypoint), cmd=_argv(cmd),
+        labels=_pairs(label, "--label") or None, user=user, workdir=workdir,
+        annotations=_pairs(annotation, "--annotation") or None, platform=_platform(platform),
+        **global_options(ctx).store_args(),
+    )
+    emit(str(desc.digest))
+
+
+def unpack(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="REF"),
+    directory: str = typer.Argument(..., metavar="DIR"),
+    platform: Optional[str] = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]", help="For an index (default: this machine)."),
+) -> None:
+    """Extract an image's root filesystem into DIR (verified, whiteouts applied)."""
+    from ocibuild import api
+
+    opts = global_options(ctx)
+    desc = api.unpack(ref, directory, platform=_platform(platform), **opts.store_args())
+    note(f"unpacked {desc.digest} into {directory}", opts.quiet)
+
+
 def register(app: typer.Typer) -> None:
-    for command in (copy, inspect, manifest, config, digest, tags, delete, login, logout):
+    for command in (copy, inspect, manifest, config, digest, tags, delete, login, logout, append, mutate, unpack):
         app.command()(command)
