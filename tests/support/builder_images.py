@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
-from .images import ImageInfo, layer_tar, write_image
+from support.images import ImageInfo, layer_tar, write_image
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "builder"
 BUILDPACKS = FIXTURES / "buildpacks"
