@@ -241,8 +241,11 @@ def detect(
         detector.log.append(NO_GROUP_MESSAGE)
         log = tuple(detector.log)
         if failed.errored:
-            bad = [f"{r.element} ({r.code if r.code > 0 else r.error or 'error'})" for r in detector.runs.values()
-                   if r.code not in (CODE_PASS, CODE_FAIL)]
+            bad = [
+                f"{r.element} ({f'exit status {r.code}' if r.code > 0 else (r.error.splitlines() or ['error'])[0]})"
+                for r in detector.runs.values()
+                if r.code not in (CODE_PASS, CODE_FAIL)
+            ]
             raise DetectErrored(
                 f"{NO_GROUP_MESSAGE} Buildpack(s) errored: {', '.join(bad)}", log=log
             ) from None
