@@ -1,0 +1,148 @@
+"""Buildpack sources: a directory, a .tgz, a .cnb buildpackage file and a buildpackage image."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ocibuild.cnb.buildpack import Distro, ModuleRef, Target, load_buildpacks, parse_descriptor
+from ocibuild.cnb.errors import DescriptorError
+from ocibuild.errors import UsageError
+
+from support.builder_images import BUILDPACKS
+from support.images import layer_tar, write_image
+
+HELLO = BUILDPACKS / "hello"
+EPOCH = 315532801
+
+
+def _layer_entries(bp, workdir: Path) -> list[tuple[str, int, int, bytes | None]]:
+    blob = bp.build_layer(workdir)
+    with blob.open() as f:
+        data = f.read()
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == str(blob.digest) and len(data) == blob.size
+    tar = gzip.decompress(data)
+    assert "sha256:" + hashlib.sha256(tar).hexdigest() == str(blob.diff_id)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        return [(m.name, m.mode, m.mtime, t.extractfile(m).read() if m.isreg() else None) for m in t]
+
+
+def test_directory_source(tmp_path: Path) -> None:
+    [bp] = load_buildpacks(HELLO)
+    assert (bp.id, bp.version, bp.api, bp.name, bp.homepage) == (
+        "example/hello", "0.0.1", "0.10", "Hello", "https://example.com/hello")
+    assert bp.targets == (Target("linux", "amd64", "", (Distro("ubuntu", "22.04"),)),)
+    assert bp.escaped_id == "example_hello" and not bp.is_composite
+    entries = _layer_entries(bp, tmp_path)
+    assert [(n, m) for n, m, _, _ in entries] == [
+        ("cnb/buildpacks/example_hello", 0o755),
+        ("cnb/buildpacks/example_hello/0.0.1", 0o755),
+        ("cnb/buildpacks/example_hello/0.0.1/bin", 0o755),
+        ("cnb/buildpacks/example_hello/0.0.1/bin/build", 0o755),
+        ("cnb/buildpacks/example_hello/0.0.1/bin/detect", 0o755),
+        ("cnb/buildpacks/example_hello/0.0.1/buildpack.toml", 0o644),
+    ]
+    assert {mtime for _, _, mtime, _ in entries} == {EPOCH}
+
+
+def test_tgz_source_gives_the_same_layer_as_its_directory(tmp_path: Path) -> None:
+    tgz = tmp_path / "hello.tgz"
+    with tarfile.open(tgz, "w:gz") as t:
+        for rel in ("bin", "bin/build", "bin/detect", "buildpack.toml"):  # the directory's walk order
+            info = t.gettarinfo(str(HELLO / rel), arcname=f"./{rel}")
+            info.mtime, info.uname, info.uid = 12345, "someone", 42
+            if info.isreg():
+                with open(HELLO / rel, "rb") as f:
+                    t.addfile(info, f)
+            else:
+                t.addfile(info)
+    [from_tgz] = load_buildpacks(tgz)
+    [from_dir] = load_buildpacks(HELLO)
+    assert from_tgz == from_dir
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert from_tgz.build_layer(tmp_path / "a").diff_id == from_dir.build_layer(tmp_path / "b").diff_id
+
+
+def test_composite_directory_brings_its_dependencies() -> None:
+    bps = load_buildpacks(BUILDPACKS / "meta")
+    assert [bp.full_name for bp in bps] == ["example/meta@1.0.0", "example/dep@1.0.0", "example/hello@0.0.1"]
+    assert bps[0].order == ((ModuleRef("example/dep", "1.0.0"), ModuleRef("example/hello", "0.0.1", True)),)
+
+
+def _dist_layer(bp_id: str, version: str, files: dict[str, bytes]) -> dict:
+    esc = bp_id.replace("/", "_")
+    out: dict = {f"cnb/buildpacks/{esc}/{version}/{k}": v for k, v in files.items()}
+    return out
+
+
+def _write_package(layout: Path, tag: str | None = "pkg") -> tuple[object, list[str]]:
+    meta_files = {"buildpack.toml": b'api = "0.10"\n[buildpack]\nid = "pkg/meta"\nversion = "2.0.0"\n'}
+    dep_files = {"buildpack.toml": b'api = "0.9"\n[buildpack]\nid = "pkg/dep"\nversion = "3.0.0"\n',
+                 "bin/build": (b"#!/bin/sh\n", 0o755), "bin/detect": (b"#!/bin/sh\n", 0o755)}
+    layers = [_dist_layer("pkg/dep", "3.0.0", dep_files), _dist_layer("pkg/meta", "2.0.0", meta_files)]
+    diff_ids = ["sha256:" + hashlib.sha256(layer_tar(files)).hexdigest() for files in layers]
+    labels = {
+        "io.buildpacks.buildpackage.metadata": json.dumps({"id": "pkg/meta", "version": "2.0.0", "stacks": [{"id": "*"}]}),
+        "io.buildpacks.buildpack.layers": json.dumps({
+            "pkg/meta": {"2.0.0": {"api": "0.10", "order": [{"group": [{"id": "pkg/dep", "version": "3.0.0"}]}],
+                                   "layerDiffID": diff_ids[1], "homepage": "https://example.com/meta"}},
+            "pkg/dep": {"3.0.0": {"api": "0.9", "stacks": [{"id": "*"}], "layerDiffID": diff_ids[0]}},
+        }),
+    }
+    info = write_image(layout, layers, tag=tag, labels=labels)
+    return info, diff_ids
+
+
+def _tar_layout(layout: Path, dest: Path) -> Path:
+    with tarfile.open(dest, "w") as t:  # uncompressed, as pack's SaveAsFile writes it
+        for path in sorted(layout.rglob("*")):
+            t.add(str(path), arcname=str(path.relative_to(layout)), recursive=False)
+    return dest
+
+
+def _check_package(bps, diff_ids) -> None:
+    assert [bp.full_name for bp in bps] == ["pkg/meta@2.0.0", "pkg/dep@3.0.0"]
+    meta, dep = bps
+    assert meta.homepage == "https://example.com/meta" and meta.is_composite
+    assert dep.api == "0.9" and dep.stacks[0].id == "*"
+
+
+def test_cnb_file_source(tmp_path: Path) -> None:
+    info, diff_ids = _write_package(tmp_path / "layout")
+    cnb = _tar_layout(tmp_path / "layout", tmp_path / "pkg.cnb")
+    bps = load_buildpacks(cnb)
+    _check_package(bps, diff_ids)
+    # the package layer is used byte for byte (same digest, same diffID)
+    blob = bps[1].build_layer(tmp_path)
+    assert str(blob.digest) == info.layers[0].digest and str(blob.diff_id) == diff_ids[0]
+    with blob.open() as f:
+        assert "sha256:" + hashlib.sha256(f.read()).hexdigest() == info.layers[0].digest
+
+
+def test_buildpackage_image_reference(tmp_path: Path) -> None:
+    info, diff_ids = _write_package(tmp_path / "layout")
+    bps = load_buildpacks(f"oci:{tmp_path / 'layout'}:pkg")
+    _check_package(bps, diff_ids)
+    assert str(bps[0].build_layer(tmp_path).digest) == info.layers[1].digest
+
+
+def test_bad_sources(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError):
+        load_buildpacks(tmp_path / "empty")
+    with pytest.raises(UsageError):
+        load_buildpacks(tmp_path / "no" / "such" / "dir")
+    with pytest.raises(DescriptorError):
+        parse_descriptor('api = "0.10"\n[buildpack]\nid = "x"\n', "x")
+    with pytest.raises(DescriptorError):
+        parse_descriptor(
+            'api = "0.10"\n[buildpack]\nid = "x"\nversion = "1"\n[[stacks]]\nid = "*"\n'
+            '[[order]]\n[[order.group]]\nid = "y"\n', "x")
