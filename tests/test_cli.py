@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -174,3 +175,17 @@ def test_append_mutate_unpack(tmp_path):
 
     bad = cli("mutate", f"{out}:app", "--env", "NOEQUALS", "--tag", f"{out}:x")
     assert bad.exit_code == 2 and "--env needs KEY=VALUE" in bad.stderr
+
+
+def test_login_logout_against_basic_auth_registry(tmp_path, basic_registry, sentinel_password):
+    env = {"DOCKER_CONFIG": str(tmp_path / "docker"), "REGISTRY_AUTH_FILE": "", "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    wrong = ocibuild("login", basic_registry.host, "-u", basic_registry.username, "--password-stdin",
+                     input="wrong\n", env={**os.environ, **env})
+    assert wrong.returncode == 1 and wrong.stderr.startswith("ocibuild: error:") and "Traceback" not in wrong.stderr
+    ok = ocibuild("login", basic_registry.host, "-u", basic_registry.username, "--password-stdin",
+                  input=sentinel_password + "\n", env={**os.environ, **env})
+    assert ok.returncode == 0, ok.stderr
+    assert sentinel_password not in ok.stderr + ok.stdout
+    assert (tmp_path / "docker" / "config.json").exists()
+    out = ocibuild("logout", basic_registry.host, env={**os.environ, **env})
+    assert out.returncode == 0 and "removed credentials" in out.stderr

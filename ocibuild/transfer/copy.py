@@ -225,6 +225,9 @@ class GraphCopier:
     # -- the whole graph ------------------------------------------------------------------------
     def copy(self, desc: Descriptor, raw: bytes, tag: str | None = None, *, referrers: bool = False) -> Descriptor:
         plan = self.plan(desc, raw)
+        set_total = getattr(self.progress, "set_total", None)
+        if set_total is not None:
+            set_total(sum(b.size for b in plan.blobs.values()))
         with self._writing():
             self.copy_blobs(plan.blobs.values())
             top = plan.manifests[-1][0]
