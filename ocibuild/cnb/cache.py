@@ -1,0 +1,285 @@
+"""The build cache: cache layers kept between builds, as a directory or as an image.
+
+Formats are the lifecycle's (cache/volume_cache.go, cache/image_cache.go):
+
+* ``DirCache``: ``<dir>/committed/<diffID>.tar`` (plain tars) and ``<dir>/committed/
+  io.buildpacks.lifecycle.cache.metadata`` (JSON). Saving writes into ``<dir>/staging/`` and renames;
+  a layer whose diffID is already committed is not written again.
+* ``ImageCache``: an image with one gzip layer per cached layer and the metadata as the label
+  ``io.buildpacks.lifecycle.cache.metadata``. A layer the store already holds is not uploaded.
+
+Restoring follows the lifecycle's restorer: ``cache = true`` layers get their content, ``<layer>.toml``
+and ``<layer>.sha``; launch-only layers (from the previous image's metadata) get the toml and sha only,
+so that a buildpack can keep them and the exporter reuses them by diffID; build-only layers are not
+restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator, Mapping, Protocol
+
+import tomli_w
+
+from ocibuild.cnb.export import GroupBuildpack, _dir_entries, escape_id, read_build_result
+from ocibuild.cnb.errors import CNBError
+from ocibuild.errors import NotFound
+from ocibuild.layer.compress import compress_stream, decompressor
+from ocibuild.layer.extract import safe_extract
+from ocibuild.layer.tarwriter import TarOptions, normalize_path, write_tar
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.descriptor import Descriptor
+from ocibuild.oci.digest import Digest
+from ocibuild.oci.manifest import ImageConfig, Manifest, canonical_json
+from ocibuild.store.base import Store, load_config, load_manifest, put_bytes
+
+CACHE_LABEL = "io.buildpacks.lifecycle.cache.metadata"
+
+
+class CacheError(CNBError):
+    """The cache is unreadable or cannot be written."""
+
+
+@dataclass(frozen=True)
+class CachedLayer:
+    """One cache layer as built: where its plain tar is and what the metadata says."""
+
+    buildpack: GroupBuildpack
+    name: str
+    diff_id: Digest
+    metadata: Mapping[str, Any]
+
+
+class LayerCache(Protocol):
+    def metadata(self) -> dict[str, Any]:
+        """The cache metadata JSON (``{"buildpacks": [{"key", "version", "layers": {...}}]}``)."""
+
+    def open_layer(self, diff_id: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """The plain tar of a cached layer."""
+
+    def save(self, layers_dir: Path, *, image_layers_dir: str = "/layers", uid: int = 0, gid: int = 0,
+             tmp_dir: Path | None = None) -> "SaveResult":
+        ...
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    metadata: dict[str, Any]
+    written: tuple[str, ...]  # diffIDs of layers whose bytes were written (others were reused)
+    reused: tuple[str, ...]
+
+
+def _cache_layers(layers_dir: Path) -> list[tuple[GroupBuildpack, str, Path, dict[str, Any]]]:
+    build = read_build_result(layers_dir)
+    out = []
+    for lay in build.layers:
+        if lay.cache and lay.has_content:
+            md = {"data": dict(lay.metadata), "build": lay.build, "launch": lay.launch, "cache": True}
+            out.append((lay.buildpack, lay.name, lay.path, md))
+    return out
+
+
+def _tar_layer(path: Path, image_path: str, uid: int, gid: int, media_type: str, tmp_dir: Path):  # noqa: ANN202
+    entries = _dir_entries(path, image_path, uid, gid)
+    return compress_stream(lambda out: write_tar(out, entries, TarOptions()), media_type=media_type, tmp_dir=tmp_dir)
+
+
+def _metadata_doc(items: list[tuple[GroupBuildpack, str, str, dict[str, Any]]]) -> dict[str, Any]:
+    bps: dict[str, dict[str, Any]] = {}
+    for bp, name, sha, md in items:
+        entry = bps.setdefault(bp.id, {"key": bp.id, "version": bp.version, "layers": {}})
+        entry["layers"][name] = {"sha": sha, **md}
+    return {"buildpacks": list(bps.values())}
+
+
+class DirCache:
+    """``--cache-dir DIR`` (and the default cache in the scratch directory)."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.committed = self.path / "committed"
+        self.staging = self.path / "staging"
+
+    def _layer_path(self, diff_id: str) -> Path:
+        Digest.parse(diff_id)  # never a path from untrusted JSON without checking its shape
+        return self.committed / f"{diff_id}.tar"
+
+    def metadata(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.committed / CACHE_LABEL).read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise CacheError(f"{self.committed / CACHE_LABEL}: not valid JSON ({exc})") from None
+
+    @contextlib.contextmanager
+    def open_layer(self, diff_id: str) -> Iterator[BinaryIO]:
+        path = self._layer_path(diff_id)
+        if not path.is_file():
+            raise NotFound(f"cache {self.path}: no layer {diff_id}")
+        with open(path, "rb") as fh:
+            yield fh
+
+    def save(self, layers_dir: Path, *, image_layers_dir: str = "/layers", uid: int = 0, gid: int = 0,
+             tmp_dir: Path | None = None) -> SaveResult:
+        self.committed.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        items, written, reused = [], [], []
+        for bp, name, path, md in _cache_layers(Path(layers_dir)):
+            res = _tar_layer(path, f"{image_layers_dir}/{escape_id(bp.id)}/{name}", uid, gid, mt.OCI_LAYER,
+                             self.staging)
+            sha = str(res.diff_id)
+            target = self._layer_path(sha)
+            if target.exists():
+                res.discard()
+                reused.append(sha)
+            else:
+                os.replace(res.path, target)
+                written.append(sha)
+            items.append((bp, name, sha, md))
+        doc = _metadata_doc(items)
+        tmp = self.staging / CACHE_LABEL
+        tmp.write_bytes(canonical_json(doc))
+        os.replace(tmp, self.committed / CACHE_LABEL)
+        keep = {f"{sha}.tar" for _bp, _n, sha, _md in items} | {CACHE_LABEL}
+        for old in self.committed.iterdir():
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+        return SaveResult(doc, tuple(written), tuple(reused))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class ImageCache:
+    """``--cache-image REF``: the cache as an image in a store (a registry repository or a layout)."""
+
+    def __init__(self, store: Store, tag: str):
+        self.store, self.tag = store, tag
+
+    def _image(self) -> tuple[Manifest, ImageConfig] | None:
+        try:
+            _desc, manifest = load_manifest(self.store, self.tag)
+        except NotFound:
+            return None
+        if not isinstance(manifest, Manifest):
+            raise CacheError(f"cache image {self.store.name}:{self.tag} is an index")
+        return manifest, load_config(self.store, manifest.config)
+
+    def metadata(self) -> dict[str, Any]:
+        found = self._image()
+        if found is None or not found[1].labels.get(CACHE_LABEL):
+            return {}
+        return json.loads(found[1].labels[CACHE_LABEL])
+
+    def _by_diff(self) -> dict[str, Descriptor]:
+        found = self._image()
+        if found is None:
+            return {}
+        return dict(zip((str(d) for d in found[1].diff_ids), found[0].layers))
+
+    @contextlib.contextmanager
+    def open_layer(self, diff_id: str) -> Iterator[BinaryIO]:
+        desc = self._by_diff().get(diff_id)
+        if desc is None:
+            raise NotFound(f"cache image {self.store.name}:{self.tag}: no layer {diff_id}")
+        with self.store.open_blob(desc) as raw:
+            yield decompressor(raw, mt.compression_of(desc.media_type))  # type: ignore[arg-type]
+
+    def save(self, layers_dir: Path, *, image_layers_dir: str = "/layers", uid: int = 0, gid: int = 0,
+             tmp_dir: Path | None = None) -> SaveResult:
+        import tempfile
+
+        work = Path(tempfile.mkdtemp(prefix="ocibuild-cache-", dir=tmp_dir))
+        items, layers, diff_ids, written, reused = [], [], [], [], []
+        try:
+            for bp, name, path, md in _cache_layers(Path(layers_dir)):
+                res = _tar_layer(path, f"{image_layers_dir}/{escape_id(bp.id)}/{name}", uid, gid,
+                                 mt.OCI_LAYER_GZIP, work)
+                sha = str(res.diff_id)
+                if self.store.has_blob(res.descriptor):
+                    reused.append(sha)
+                else:
+                    with open(res.path, "rb") as fh:
+                        self.store.put_blob(res.descriptor, fh)
+                    written.append(sha)
+                res.discard()
+                items.append((bp, name, sha, md))
+                layers.append(res.descriptor)
+                diff_ids.append(sha)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        doc = _metadata_doc(items)
+        config = ImageConfig.build({
+            "architecture": "amd64", "os": "linux", "created": "1980-01-01T00:00:01Z",
+            "config": {"Labels": {CACHE_LABEL: canonical_json(doc).decode()}},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        })
+        put_bytes(self.store, config.descriptor(), config.raw)
+        manifest = Manifest.build(config.descriptor(), layers)
+        self.store.put_manifest(manifest.descriptor(), manifest.raw, tag=self.tag)
+        return SaveResult(doc, tuple(written), tuple(reused))
+
+
+@dataclass(frozen=True)
+class Restored:
+    content: tuple[str, ...]  # "<bp id>:<layer>" restored with their files
+    metadata_only: tuple[str, ...]  # launch layers restored as toml + sha only
+
+
+def _write_layer_files(bp_dir: Path, name: str, md: Mapping[str, Any], sha: str) -> None:
+    doc: dict[str, Any] = {"types": {"launch": bool(md.get("launch")), "build": bool(md.get("build")),
+                                     "cache": bool(md.get("cache"))}}
+    if md.get("data"):
+        doc["metadata"] = md["data"]
+    bp_dir.mkdir(parents=True, exist_ok=True)
+    (bp_dir / f"{name}.toml").write_text(tomli_w.dumps(doc))
+    (bp_dir / f"{name}.sha").write_text(sha)
+
+
+def restore(
+    cache: LayerCache | None,
+    layers_dir: str | os.PathLike[str],
+    group: list[GroupBuildpack],
+    *,
+    previous: Mapping[str, Any] | None = None,
+    image_layers_dir: str = "/layers",
+) -> Restored:
+    """Put cached layers and launch-layer metadata back into ``layers_dir`` before the build."""
+    layers = Path(layers_dir)
+    cache_md = cache.metadata() if cache is not None else {}
+    by_bp = {b.get("key"): b for b in cache_md.get("buildpacks", []) or []}
+    prev_bp = {b.get("key"): b for b in (previous or {}).get("buildpacks", []) or []}
+    content, meta_only = [], []
+    for bp in group:
+        bp_dir = layers / escape_id(bp.id)
+        cached = (by_bp.get(bp.id) or {}).get("layers") or {}
+        launched = (prev_bp.get(bp.id) or {}).get("layers") or {}
+        for name in sorted(set(cached) | set(launched)):
+            if "/" in name or name in ("", ".", ".."):
+                continue
+            c_md, l_md = cached.get(name), launched.get(name)
+            if c_md and c_md.get("cache") and c_md.get("sha") and cache is not None:
+                prefix = normalize_path(f"{image_layers_dir}/{escape_id(bp.id)}/{name}")
+                (bp_dir / name).mkdir(parents=True, exist_ok=True)
+                try:
+                    with cache.open_layer(c_md["sha"]) as stream:
+                        safe_extract(stream, bp_dir / name, prefix)
+                except NotFound:
+                    shutil.rmtree(bp_dir / name, ignore_errors=True)
+                    continue
+                _write_layer_files(bp_dir, name, {**(l_md or {}), **c_md}, c_md["sha"])
+                content.append(f"{bp.id}:{name}")
+            elif l_md and l_md.get("launch") and not (l_md.get("build") and not l_md.get("cache")):
+                _write_layer_files(bp_dir, name, l_md, str(l_md.get("sha", "")))
+                meta_only.append(f"{bp.id}:{name}")
+        store_md = (prev_bp.get(bp.id) or {}).get("store")
+        if store_md and store_md.get("metadata"):
+            bp_dir.mkdir(parents=True, exist_ok=True)
+            (bp_dir / "store.toml").write_text(tomli_w.dumps({"metadata": store_md["metadata"]}))
+    return Restored(tuple(content), tuple(meta_only))
