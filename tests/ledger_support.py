@@ -29,6 +29,10 @@ class Image:
         return self.manifest.descriptor()
 
     @property
+    def digest(self) -> Digest:
+        return self.manifest.digest
+
+    @property
     def blobs(self) -> tuple[Digest, ...]:
         return (self.manifest.digest, self.config.digest, *(layer.digest for layer in self.layers))
 

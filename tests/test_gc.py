@@ -1,0 +1,310 @@
+"""Garbage collection of the scratch layout: roots, marking, leases, SIGKILL, concurrency, dry run."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ledger_support import build_image, layer_bytes, tagged_images_complete, write_image, write_index
+from ocibuild.ledger.db import Ledger
+from ocibuild.ledger.fsck import check
+from ocibuild.ledger.gc import collect, release_and_collect
+from ocibuild.ledger.lease import Lease
+from ocibuild.ledger.scratch import Scratch
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.descriptor import Descriptor
+from ocibuild.oci.digest import Digest
+from ocibuild.oci.manifest import Manifest
+from ocibuild.store.layout import fallback_tag
+
+SUPPORT = Path(__file__).resolve().parent / "ledger_support.py"
+
+
+@pytest.fixture
+def scratch(tmp_path) -> Scratch:
+    return Scratch.resolve(tmp_path / "scratch").ensure()
+
+
+def present(store, digests) -> bool:
+    return all(store.blob_path(d).exists() for d in digests)
+
+
+def absent(store, digests) -> bool:
+    return not any(store.blob_path(d).exists() for d in digests)
+
+
+def all_blob_digests(store) -> set[Digest]:
+    return set(store.iter_blobs())
+
+
+def test_marks_index_manifests_configs_and_layers(scratch):
+    store = scratch.open_layout()
+    kept = write_image(store, ["base", "app"], tag="app")
+    child_a = write_image(store, ["multi-a"])
+    child_b = write_image(store, ["multi-b", "base"])
+    index = write_index(store, [child_a.desc, child_b.desc], tag="multi")
+    orphan = write_image(store, ["orphan-1", "orphan-2"])
+    before = all_blob_digests(store)
+
+    report = collect(scratch, grace_seconds=0)
+
+    assert not report.aborted, report.errors
+    assert present(store, [*kept.blobs, *child_a.blobs, *child_b.blobs, index.digest])
+    assert absent(store, orphan.blobs)
+    assert report.removed_blobs == 4 and set(report.removed) == {str(d) for d in orphan.blobs}
+    assert report.removed_manifests == 1
+    assert report.removed_bytes == sum(len(x) for x in [orphan.manifest.raw]) + orphan.config.size + sum(
+        layer.size for layer in orphan.layers)
+    assert all_blob_digests(store) == before - set(orphan.blobs)
+    assert check(scratch).problems == []
+
+
+def test_subject_referrers_are_kept_and_fallback_tags_are_roots(scratch):
+    store = scratch.open_layout()
+    subject = write_image(store, ["subject"], tag="subject")
+    signature = write_image(store, ["signature"], subject=subject.desc)  # untagged: kept for its subject
+    sig_of_sig = write_image(store, ["countersign"], subject=signature.desc)  # referrer of a referrer
+    dangling = write_image(store, ["dangling"], subject=write_image(store, ["gone-subject"]).desc)
+    # A referrer kept only through the sha256-<hex> fallback tag index (distribution-spec 1.1).
+    untagged_subject = write_image(store, ["untagged-subject"])
+    via_fallback = write_image(store, ["sbom"], subject=untagged_subject.desc)
+    write_index(store, [via_fallback.desc], tag=fallback_tag(untagged_subject.digest))
+
+    collect(scratch, grace_seconds=0)
+
+    assert present(store, [*subject.blobs, *signature.blobs, *sig_of_sig.blobs, *via_fallback.blobs])
+    assert absent(store, dangling.blobs)
+    assert absent(store, untagged_subject.blobs)  # the fallback index points at referrers, not at the subject
+    assert tagged_images_complete(store) == []
+
+
+def test_children_missing_locally_are_fine(scratch):
+    """A composed builder references base layers that live only in a registry."""
+    store = scratch.open_layout()
+    image, contents = build_image(["remote-base", "local-buildpack"])
+    local = image.layers[1]
+    with store.writer_lock():
+        store.put_blob(image.config, io.BytesIO(contents[image.config.digest]))
+        store.put_blob(local, io.BytesIO(contents[local.digest]))
+        store.put_manifest(image.desc, image.manifest.raw, tag="composed")
+    report = collect(scratch, grace_seconds=0)
+    assert not report.aborted and report.removed_blobs == 0
+    assert present(store, [image.digest, image.config.digest, local.digest])
+
+
+def test_released_ephemeral_builder_is_removed_while_a_live_lease_keeps_its_own(scratch):
+    store = scratch.open_layout()
+    users_builder = write_image(store, ["builder-base", "lifecycle"], tag="my/builder:latest")
+    builder_bytes = (store.path / "index.json").read_bytes()
+    with Lease(scratch) as done:
+        finished = write_image(store, ["builder-base", "lifecycle", "extra-bp"], tag="ephemeral-1",
+                               lease=done, role="ephemeral-builder", ephemeral=True)
+    live = Lease(scratch).acquire()
+    try:
+        running = write_image(store, ["builder-base", "other-bp"], tag="ephemeral-2", lease=live,
+                              role="ephemeral-builder", ephemeral=True)
+        in_flight = Descriptor.for_bytes(mt.OCI_LAYER_GZIP, layer_bytes("in-flight"))
+        live.put_blob(store, in_flight, io.BytesIO(layer_bytes("in-flight")))  # no manifest yet
+
+        report = collect(scratch)  # default grace: only the ledger can tell what is garbage
+
+        assert store.tags() == ["my/builder:latest", "ephemeral-2"]
+        assert report.untagged == [f"ephemeral-1@{finished.digest}"]
+        only_finished = {finished.digest, finished.config.digest, finished.layers[2].digest}
+        assert absent(store, only_finished)
+        assert present(store, users_builder.blobs)  # shared layers stay: the user's builder reaches them
+        assert present(store, [*running.blobs, in_flight.digest])
+        assert (store.path / "index.json").read_bytes() != builder_bytes  # ephemeral-2 was added
+        assert check(scratch).problems == []
+    finally:
+        report = release_and_collect(live, scratch)
+    assert store.tags() == ["my/builder:latest"]
+    assert absent(store, [running.digest, running.layers[1].digest, in_flight.digest])
+    assert present(store, users_builder.blobs)
+    assert Ledger(scratch.ledger_path).query(ephemeral=True) == []
+    assert check(scratch).problems == []
+
+
+def test_users_builder_in_scratch_is_never_untagged(scratch):
+    """No composing needed: the "ephemeral" write of an existing manifest must not make it ephemeral."""
+    store = scratch.open_layout()
+    builder = write_image(store, ["b1", "b2"], tag="builder")
+    index_before = (store.path / "index.json").read_bytes()
+    with Lease(scratch) as lease:
+        write_image(store, ["b1", "b2"], lease=lease, role="ephemeral-builder", ephemeral=True)
+    collect(scratch, grace_seconds=0)
+    assert (store.path / "index.json").read_bytes() == index_before
+    assert present(store, builder.blobs)
+
+
+def test_sigkilled_build_is_collected_by_next_gc(scratch, tmp_path):
+    store = scratch.open_layout()
+    keep = write_image(store, ["keep"], tag="keep")
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, str(SUPPORT), "killable", str(scratch.root), str(ready)])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None, "worker died early"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        lease_id = ready.read_text()
+        assert "ephemeral-killed" in store.tags()
+        assert collect(scratch).removed_blobs == 0  # still alive: nothing of it is touched
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert any("not released" in p for p in check(scratch).problems)
+
+    report = collect(scratch)  # default grace: the dead lease's blobs are collected anyway
+
+    assert lease_id in report.expired_leases
+    assert store.tags() == ["keep"]
+    assert report.removed_blobs == 5  # manifest, config, two layers, orphan layer
+    assert all_blob_digests(store) == set(keep.blobs)
+    assert check(scratch).problems == []
+
+
+def test_dry_run_deletes_nothing(scratch):
+    store = scratch.open_layout()
+    write_image(store, ["kept"], tag="kept")
+    write_image(store, ["orphan"])
+    with Lease(scratch) as lease:
+        write_image(store, ["eph"], tag="eph", lease=lease, ephemeral=True, role="ephemeral-builder")
+    (store.path / ".tmp" / "stale").write_bytes(b"x")
+    os.utime(store.path / ".tmp" / "stale", (1, 1))
+    snapshot = {p: p.read_bytes() for p in store.path.rglob("*") if p.is_file()}
+
+    report = collect(scratch, dry_run=True, grace_seconds=0)
+
+    assert report.dry_run and report.removed_blobs == 6 and report.untagged and report.removed_temp
+    assert {p: p.read_bytes() for p in store.path.rglob("*") if p.is_file()} == snapshot
+    real = collect(scratch, grace_seconds=0)
+    assert sorted(real.removed) == sorted(report.removed)
+
+
+def test_grace_period_keeps_young_unrecorded_blobs(scratch):
+    store = scratch.open_layout()
+    young = write_image(store, ["young"])
+    report = collect(scratch)
+    assert report.removed_blobs == 0 and report.kept_young == 3
+    old = time.time() - 7200
+    for d in young.blobs:
+        os.utime(store.blob_path(d), (old, old))
+    assert collect(scratch).removed_blobs == 3
+
+
+def test_unreadable_ledger_or_index_deletes_nothing(scratch):
+    store = scratch.open_layout()
+    orphan = write_image(store, ["orphan"])
+    scratch.ledger_path.write_bytes(b"garbage" * 1000)
+    report = collect(scratch, grace_seconds=0)
+    assert report.aborted and "ledger" in report.errors[0]
+    assert present(store, orphan.blobs)
+    scratch.ledger_path.unlink()
+    (store.path / "index.json").write_bytes(b'{"schemaVersion":2,"manifests":[{"mediaType":')
+    report = collect(scratch, grace_seconds=0)
+    assert report.aborted and present(store, orphan.blobs)
+
+
+def test_corrupt_reachable_manifest_aborts_sweep(scratch):
+    store = scratch.open_layout()
+    tagged = write_image(store, ["t"], tag="t")
+    orphan = write_image(store, ["o"])
+    store.blob_path(tagged.digest).write_bytes(b"{not json")
+    report = collect(scratch, grace_seconds=0)
+    assert report.aborted and present(store, [*orphan.blobs, *(layer.digest for layer in tagged.layers)])
+
+
+def test_build_cache_is_a_root(scratch):
+    store = scratch.open_layout()
+    cached = write_image(store, ["cache-layer"])
+    (scratch.cache_path / "app").mkdir()
+    idx = {"schemaVersion": 2, "manifests": [cached.desc.to_dict()]}
+    import json
+
+    (scratch.cache_path / "app" / "index.json").write_text(json.dumps(idx))
+    assert collect(scratch, grace_seconds=0).removed_blobs == 0
+    with Lease(scratch) as lease:
+        by_role = write_image(store, ["cache-by-role"], lease=lease, role="cache")
+    assert collect(scratch, grace_seconds=0).removed_blobs == 0
+    assert present(store, [*cached.blobs, by_role.digest])
+
+
+def test_stale_temp_files_and_work_dirs_of_dead_leases(scratch):
+    store = scratch.open_layout()
+    with Lease(scratch) as lease:
+        (scratch.work_path / lease.id).mkdir()
+        (store.path / ".tmp" / f"{lease.id}-x").write_bytes(b"partial")
+    fresh = store.path / ".tmp" / "fresh"
+    fresh.write_bytes(b"in flight")
+    old = store.path / ".tmp" / "old"
+    old.write_bytes(b"abandoned")
+    os.utime(old, (1, 1))
+    collect(scratch)
+    assert fresh.exists() and not old.exists()
+    assert not (scratch.work_path / lease.id).exists() and not (store.path / ".tmp" / f"{lease.id}-x").exists()
+
+
+def test_ephemeral_manifest_pushed_to_registry_is_deleted_there(scratch, registry, fresh_repo):
+    from ocibuild.oci.reference import parse_docker_reference
+    from ocibuild.store.base import put_bytes
+    from ocibuild.store.registry import get_registry_store
+
+    image, contents = build_image(["pushed-eph"])
+    remote = get_registry_store(parse_docker_reference(f"{registry.host}/{fresh_repo}:eph"))
+    for desc in (image.config, *image.layers):
+        put_bytes(remote, desc, contents[desc.digest])
+    remote.put_manifest(image.desc, image.manifest.raw, tag="eph")
+    location = f"{registry.host}/{fresh_repo}"
+    with Lease(scratch) as lease:
+        lease.record(image.desc, location=location, role="ephemeral-builder", ephemeral=True)
+        assert collect(scratch).registry_deleted == []  # live: untouched
+        remote.resolve(str(image.digest))
+    report = collect(scratch)
+    assert report.registry_deleted == [f"{location}@{image.digest}"], report.errors
+    from ocibuild.errors import NotFound
+
+    with pytest.raises(NotFound):
+        remote.resolve(str(image.digest))
+    assert Ledger(scratch.ledger_path).query(location=location) == []
+
+
+def test_unreachable_registry_is_reported_not_fatal(scratch):
+    with Lease(scratch) as lease:
+        desc = build_image(["x"])[0].desc
+        lease.record(desc, location="127.0.0.1:9/nothing/here", role="ephemeral-builder", ephemeral=True)
+    from ocibuild.store.registry.client import RegistryOptions
+
+    report = collect(scratch, registry_options=RegistryOptions(timeout=2, retries=0, max_retry_time=1))
+    assert report.errors and "cannot delete" in report.errors[0] and not report.aborted
+    assert Ledger(scratch.ledger_path).query(ephemeral=True)  # kept for the next gc to retry
+
+
+@pytest.mark.slow
+def test_eight_concurrent_writers_with_gc_lose_nothing(scratch):
+    scratch.open_layout()
+    rounds = 6
+    procs = [
+        subprocess.Popen([sys.executable, str(SUPPORT), "loop", str(scratch.root), str(i), str(rounds)],
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(8)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, errors
+    store = scratch.open_layout()
+    assert sorted(store.tags()) == sorted(f"app-{i}-{n}" for i in range(8) for n in range(rounds))
+    assert tagged_images_complete(store) == []
+    assert check(scratch).problems == []
+    collect(scratch, grace_seconds=0)
+    assert tagged_images_complete(store) == []
+    assert not any(store.blob_path(Digest.of(layer_bytes(f"eph-{i}-{n}"))).exists()
+                   for i in range(8) for n in range(rounds))
+    assert check(scratch, full=True).problems == []
