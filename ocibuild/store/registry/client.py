@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from ocibuild.errors import AuthError, RegistryError
 from ocibuild.oci.reference import DOCKER_HUB, DOCKER_HUB_API, is_loopback_host, normalize_registry
@@ -131,8 +132,11 @@ class RegistryClient:
         self.options = options or RegistryOptions()
         self._session = requests.Session()
         self._session.headers["User-Agent"] = self.options.user_agent
-        self._session.verify = self.options.verify_for(self.registry)
-        self._session.trust_env = True
+        # passed on every request: with trust_env, REQUESTS_CA_BUNDLE would override Session.verify
+        self._verify = self.options.verify_for(self.registry)
+        if self._verify is False:
+            # the user asked for this host to be unverified; one warning per request is noise
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._lock = threading.RLock()
         self._token_lock = threading.Lock()
         self._tokens = TokenCache()
@@ -163,7 +167,12 @@ class RegistryClient:
         if not (is_loopback_host(self.host) or self.options.is_insecure(self.registry)):
             return "https"
         try:
-            self._session.get(f"https://{self.host}/v2/", timeout=min(self.options.timeout, 10), allow_redirects=False)
+            self._session.get(
+                f"https://{self.host}/v2/",
+                timeout=min(self.options.timeout, 10),
+                allow_redirects=False,
+                verify=self._verify,
+            ).close()
             return "https"
         except requests.exceptions.SSLError as exc:
             if _is_cert_error(exc):
@@ -279,7 +288,9 @@ class RegistryClient:
     def _send_plain(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         """A request outside the registry API (token service): retried, redirects followed by requests."""
         return self._with_retries(
-            lambda: self._session.request(method, url, timeout=self.options.timeout, **kwargs), method, url
+            lambda: self._session.request(method, url, timeout=self.options.timeout, verify=self._verify, **kwargs),
+            method,
+            url,
         )
 
     # -- the request loop --------------------------------------------------------------------------
@@ -375,6 +386,7 @@ class RegistryClient:
             stream=stream,
             allow_redirects=False,
             timeout=self.options.timeout,
+            verify=self._verify,
         )
 
     def _with_retries(self, send: Callable[[], requests.Response], method: str, url: str) -> requests.Response:
@@ -418,7 +430,9 @@ class RegistryClient:
     def ping(self) -> requests.Response:
         """``GET /v2/`` (no challenge answered): tells whether this is a registry and how it authenticates."""
         resp = self._with_retries(
-            lambda: self._session.get(self.base_url + "/v2/", timeout=self.options.timeout, allow_redirects=False),
+            lambda: self._session.get(
+                self.base_url + "/v2/", timeout=self.options.timeout, allow_redirects=False, verify=self._verify
+            ),
             "GET",
             self.base_url,
         )
