@@ -137,7 +137,12 @@ class Plan:
 
 def write_bp_plan(path: Path, requires: tuple[Require, ...]) -> None:
     """The ``[[entries]] name/metadata`` file handed to bin/build."""
-    path.write_text(tomli_w.dumps({"entries": [r.to_dict() for r in requires]}))
+    parts = []
+    for r in requires:
+        # ``[[entries]]`` tables (not inline arrays): what bash buildpacks grep for.
+        parts.append("[[entries]]\n" + tomli_w.dumps({"name": r.name}))
+        parts.append(tomli_w.dumps({"entries": {"metadata": dict(r.metadata)}}).replace("[entries]\n", ""))
+    path.write_text("\n".join(p for p in parts if p.strip()))
 
 
 class Unresolvable(Exception):
