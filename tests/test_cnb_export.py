@@ -182,4 +182,4 @@ def test_image_runs_under_podman(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         assert "ARGS=first,from-podman" in proc.stdout and "LIST=z,a,b" in proc.stdout
     finally:
-        subprocess.run(["podman", "rmi", "-f", str(result.descriptor.digest.encoded)], capture_output=True)
+        subprocess.run(["podman", "rmi", "-f", result.config.digest.encoded], capture_output=True)
