@@ -402,12 +402,14 @@ class RegistryClient:
                         f"TLS certificate of {urlsplit(url).netloc} is not trusted; pass its CA (--ca-cert)"
                     ) from None
                 raise RegistryError(f"TLS error talking to {urlsplit(url).netloc}") from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 if attempt >= self.options.retries or time.monotonic() >= deadline:
                     raise RegistryError(
                         f"cannot reach {urlsplit(url).netloc} ({type(exc).__name__}) after {attempt + 1} attempts"
                     ) from None
                 delay = self._backoff(attempt)
+            except requests.RequestException as exc:
+                raise RegistryError(f"request to {urlsplit(url).netloc} failed ({type(exc).__name__})") from None
             else:
                 if resp.status_code not in RETRY_STATUSES or attempt >= self.options.retries:
                     return resp

@@ -11,6 +11,7 @@ from typing import BinaryIO, Iterator
 from urllib.parse import urljoin
 
 import requests
+import urllib3
 
 from ocibuild.errors import AuthError, DigestMismatch, ManifestError, NotFound, RegistryError
 from ocibuild.oci import mediatype as mt
@@ -53,6 +54,24 @@ def _read_capped(resp: requests.Response, what: str, limit: int = MAX_MANIFEST_B
             resp.close()
             raise ManifestError(f"{what} is over the {limit} byte limit")
     return bytes(out)
+
+
+class _BodyReader:
+    """A response body as a plain ``read(n)`` stream; transport failures become ``RegistryError``."""
+
+    def __init__(self, resp: requests.Response, what: str):
+        self._resp = resp
+        self._what = what
+        resp.raw.decode_content = True  # undo a transfer Content-Encoding; the digest is of the blob
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._resp.raw.read(None if n is None or n < 0 else n)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise RegistryError(f"{self._what}: connection lost while reading ({type(exc).__name__})") from None
+
+    def close(self) -> None:
+        self._resp.close()
 
 
 class RegistryStore:
@@ -255,11 +274,12 @@ class RegistryStore:
         if resp.status_code != 200:
             raise self._fail(resp, f"blob {desc.digest.short()}")
         length = resp.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) != desc.size:
+        encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+        if not encoded and length and length.isdigit() and int(length) != desc.size:
             resp.close()
             raise DigestMismatch(f"{self.name}: blob {desc.digest} is {length} bytes, expected {desc.size}")
-        resp.raw.decode_content = True
-        reader = io.BufferedReader(VerifyingReader(resp.raw, desc, on_close=resp.close), buffer_size=1 << 20)
+        raw = _BodyReader(resp, f"{self.name}: blob {desc.digest.short()}")
+        reader = io.BufferedReader(VerifyingReader(raw, desc, on_close=resp.close), buffer_size=1 << 20)
         try:
             yield reader  # type: ignore[misc]
         finally:
