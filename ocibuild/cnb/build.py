@@ -21,7 +21,7 @@ from typing import Any, Mapping, TextIO
 
 from ocibuild.cnb.descriptor import BuildpackStore, GroupElement, Target, escape_id
 from ocibuild.cnb.env import BuildEnv, EnvOp, LaunchEnv, build_layer_ops, launch_layer_ops
-from ocibuild.cnb.errors import BuildError, BuildpackError
+from ocibuild.cnb.errors import BuildpackError
 from ocibuild.cnb.launch import (
     RESERVED_TOML,
     Label,
