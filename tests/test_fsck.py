@@ -93,3 +93,24 @@ def test_foreign_file_in_blobs(scratch, image):
     store, _ = image
     (store.path / "blobs" / "sha256" / "upload.tmp").write_bytes(b"x")
     assert any("foreign file" in p for p in check(scratch).problems)
+
+
+def test_cli_exit_codes_and_json(scratch, image):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ocibuild.cli.maintenance import app
+
+    store, img = image
+    runner = CliRunner()
+    ok = runner.invoke(app, ["fsck", "--scratch", str(scratch.root), "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["ok"] is True
+    write_image(store, ["orphan"])
+    dry = runner.invoke(app, ["gc", "--scratch", str(scratch.root), "--dry-run", "--json", "--grace", "0"])
+    assert dry.exit_code == 0 and json.loads(dry.stdout)["removed_blobs"] == 3
+    listed = runner.invoke(app, ["ledger", "--scratch", str(scratch.root), "--role", "app-image", "--json"])
+    assert [o["digest"] for o in json.loads(listed.stdout)["objects"]] == [str(img.digest)]
+    store.blob_path(img.config.digest).unlink()
+    bad = runner.invoke(app, ["fsck", "--scratch", str(scratch.root)])
+    assert bad.exit_code == 1 and str(img.config.digest) in bad.stdout
