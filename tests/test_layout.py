@@ -237,3 +237,19 @@ def test_peer_tools_accept_our_layout(tmp_path: Path) -> None:
                    check=True, capture_output=True)
     assert (bundle / "rootfs" / "etc" / "motd").read_bytes() == b"other"
     subprocess.run(["umoci", "gc", "--layout", str(layout)], check=True, capture_output=True)
+
+
+def test_put_blob_file_moves_or_copies(tmp_path: Path) -> None:
+    store = create_layout(tmp_path / "l")
+    inside = write_layer([TarEntry.file("a", b"1")], tmp_dir=store.tmp_dir)
+    store.put_blob_file(inside.descriptor, inside.path)
+    outside = write_layer([TarEntry.file("b", b"2")], tmp_dir=tmp_path)
+    store.put_blob_file(outside.descriptor, outside.path)
+    assert store.has_blob(inside.descriptor) and store.has_blob(outside.descriptor)
+    assert not inside.path.exists() and not outside.path.exists()
+    bad = write_layer([TarEntry.file("c", b"3")], tmp_dir=store.tmp_dir)
+    lying = Descriptor(bad.descriptor.media_type, "sha256:" + "e" * 64, bad.descriptor.size)
+    with pytest.raises(DigestMismatch):
+        store.put_blob_file(lying, bad.path)
+    assert not bad.path.exists() and not store.blob_path(lying.digest).exists()
+    assert list(store.tmp_dir.iterdir()) == []

@@ -279,6 +279,13 @@ class LayoutStore:
         if self.has_blob(desc):
             path.unlink(missing_ok=True)
             return
+        if path.absolute().parent != self.tmp_dir:  # elsewhere (maybe another filesystem): copy it in
+            try:
+                with open(path, "rb") as fh:
+                    self.put_blob(desc, fh, before_publish=before_publish)  # type: ignore[arg-type]
+            finally:
+                path.unlink(missing_ok=True)
+            return
         hasher = Hasher(desc.digest.algorithm, expected=desc.digest, expected_size=desc.size)
         try:
             with open(path, "rb") as fh:
