@@ -170,3 +170,26 @@ def test_compose_from_registry_fetches_no_layers(tmp_path: Path, registry, fresh
     for layer in info.layers:
         assert ledger.sources(layer.digest) == [f"{registry.host}/{fresh_repo}"]
         assert not scratch.has_blob(next(d for d in result.manifest.layers if str(d.digest) == layer.digest))
+
+
+def test_builder_create_to_registry_mounts_base_layers(tmp_path: Path, registry, fresh_repo: str) -> None:
+    from ocibuild.cnb.builder_config import create_builder, read_builder_config
+    from ocibuild.store.open import open_reference
+
+    build = write_image(tmp_path / "build", [{"etc/os-release": b"ID=test\n"}], tag="build",
+                        config={"Env": ["CNB_USER_ID=1000", "CNB_GROUP_ID=1000"]})
+    skopeo_copy(build.ref, f"docker://{registry.ref(fresh_repo + '-build', 'latest')}", registry)
+    config = tmp_path / "builder.toml"
+    config.write_text(f'[[buildpacks]]\nuri = "{BUILDPACKS / "hello"}"\n[[order]]\n[[order.group]]\nid = "example/hello"\n'
+                      f'[build]\nimage = "{registry.ref(fresh_repo + "-build", "latest")}"\n'
+                      f'[[run.images]]\nimage = "registry.example/run:1"\n')
+    mark = registry.log_mark()
+    result, desc = create_builder(read_builder_config(config), registry.ref(fresh_repo, "builder"))
+    entries = registry.access_since(mark)
+    base_layer = build.layers[0].digest
+    assert not [e for e in entries if e.method == "GET" and e.path.endswith(base_layer)]
+    assert any(e.method == "POST" and f"mount={base_layer}" in e.uri and e.status == 201 for e in entries)
+    store, identifier = open_reference(registry.ref(fresh_repo, "builder"))
+    b = open_builder(store, identifier)
+    assert b.digest == desc.digest == result.digest
+    assert all(store.has_blob(layer) for layer in b.manifest.layers)
