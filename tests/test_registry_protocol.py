@@ -345,8 +345,8 @@ class FakeUploads:
         rsps.add(responses.HEAD, re.compile(rf"{BASE}/v2/dst/blobs/.*"), status=404)
         rsps.add_callback(responses.POST, f"{BASE}/v2/dst/blobs/uploads/", callback=self.post)
         up = re.compile(rf"{BASE}/(v2/dst/blobs/uploads|upload)/[^/?]+.*")
-        for method, cb in (("PATCH", self.patch), ("PUT", self.put), ("GET", self.status), ("DELETE", self.delete)):
-            rsps.add_callback(method, up, callback=cb)
+        for method, name in (("PATCH", "patch"), ("PUT", "put"), ("GET", "status"), ("DELETE", "delete")):
+            rsps.add_callback(method, up, callback=lambda request, name=name: getattr(self, name)(request))
 
     def _loc(self, sid: str) -> str:
         if self.style == "relative":
@@ -506,3 +506,49 @@ def test_referrers_fallback_on_404(rsps):
     rsps.add(responses.GET, f"{BASE}/v2/dst/manifests/sha256-{m.digest.encoded}", body=index.raw,
              headers={"Content-Type": mt.OCI_INDEX})
     assert make_store().referrers(m.descriptor(), "application/x-sig") == [sig]
+
+
+class _Unseekable(io.RawIOBase):
+    def __init__(self, data: bytes):
+        self._inner = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._inner.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def _patch_fails_once(rsps, uploads: FakeUploads) -> None:
+    state = {"failed": False}
+    original = uploads.patch
+
+    def flaky(request):
+        if not state["failed"]:
+            state["failed"] = True
+            if hasattr(request.body, "read"):
+                request.body.read()
+            return 503, {}, ""
+        return original(request)
+
+    uploads.patch = flaky  # type: ignore[method-assign]
+
+
+def test_streamed_patch_retried_from_a_rewound_stream(rsps, sleeps):
+    uploads = FakeUploads(rsps)
+    _patch_fails_once(rsps, uploads)
+    data = os.urandom(2 * 1024 * 1024)
+    make_store().put_blob(blob(data), io.BytesIO(data))
+    assert uploads.committed == {str(blob(data).digest): data}
+    assert len(sleeps) == 1
+
+
+def test_unseekable_stream_cannot_be_resent(rsps, sleeps):
+    uploads = FakeUploads(rsps)
+    _patch_fails_once(rsps, uploads)
+    data = os.urandom(2 * 1024 * 1024)
+    with pytest.raises(RegistryError, match="cannot be rewound"):
+        make_store().put_blob(blob(data), _Unseekable(data))
+    assert uploads.committed == {} and uploads.deleted == ["u1"]

@@ -14,7 +14,7 @@ from urllib.parse import quote, urljoin
 
 import requests
 
-from ocibuild.errors import DigestMismatch, NotFound, RegistryError
+from ocibuild.errors import AuthError, DigestMismatch, NotFound, RegistryError
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.store.registry.client import RegistryClient, error_message
 
@@ -203,7 +203,7 @@ class BlobUpload:
             def body(offset: int = offset, end: int = end) -> _SendReader:
                 nonlocal hasher
                 if reader_box:  # a retry: rewind the stream and the hash to this chunk's start
-                    _rewind(stream, base + offset, self._where)
+                    _rewind(stream, _at(base, offset), self._where)
                     hasher = checkpoints[offset].copy()  # type: ignore[attr-defined]
                 reader = _SendReader(stream, end - offset, hasher, progress)
                 reader_box.append(reader)
@@ -257,7 +257,7 @@ class BlobUpload:
         """Hash state at ``offset``: the nearest checkpoint before it, plus the bytes in between."""
         start = max(k for k in checkpoints if k <= offset)
         hasher = checkpoints[start].copy()  # type: ignore[attr-defined]
-        _rewind(stream, base + start, self._where)
+        _rewind(stream, _at(base, start), self._where)
         left = offset - start
         while left > 0:
             data = stream.read(min(left, _READ))
@@ -288,6 +288,10 @@ def _tell(stream: BinaryIO) -> int | None:
         return None
 
 
+def _at(base: int | None, offset: int) -> int | None:
+    return None if base is None else base + offset
+
+
 def _rewind(stream: BinaryIO, position: int | None, where: str) -> None:
     if position is None:
         raise RegistryError(f"{where}: upload must be resent but the source stream cannot be rewound")
@@ -295,8 +299,6 @@ def _rewind(stream: BinaryIO, position: int | None, where: str) -> None:
 
 
 def _error(resp: requests.Response, prefix: str) -> Exception:
-    from ocibuild.errors import AuthError
-
     text, code = error_message(resp)
     resp.close()
     if resp.status_code in (401, 403):
