@@ -24,7 +24,6 @@ import io
 import os
 import posixpath
 import tarfile
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
