@@ -14,6 +14,8 @@ re-hashed (digests were verified on write); only manifests and indexes are read.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -29,7 +31,7 @@ from ocibuild.ledger.lease import DEFAULT_TTL, LIVE, Lease, lease_state
 from ocibuild.ledger.scratch import Scratch, is_layout_location, layout_location
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.digest import Digest
-from ocibuild.oci.manifest import MAX_MANIFEST_BYTES, Index, parse_manifest
+from ocibuild.oci.manifest import MAX_MANIFEST_BYTES, Index
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +205,10 @@ def _collect_layout(
     # 4. Mark.
     marked: set[Digest] = set()
     manifests_seen: set[Digest] = set()
-    _mark(store, roots, marked, manifests_seen, row_of, edges)
-    blobs = list(_scan_blobs(store.path))
-    _mark_referrers(store, blobs, marked, manifests_seen, row_of, edges, exclude=ephemeral_dead)
+    layout = str(store.path)
+    _mark(layout, roots, marked, manifests_seen, row_of, edges)
+    blobs = list(_scan_blobs(layout))
+    _mark_referrers(layout, blobs, marked, manifests_seen, row_of, edges, exclude=ephemeral_dead)
 
     # 5. Sweep.
     swept: list[Digest] = []
@@ -214,7 +217,7 @@ def _collect_layout(
             report.kept += 1
             continue
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             continue
         if ts - st.st_mtime < grace and digest not in claimed_dead:
@@ -223,7 +226,7 @@ def _collect_layout(
             continue
         if not dry_run:
             try:
-                path.unlink()
+                os.unlink(path)
             except FileNotFoundError:
                 continue
         swept.append(digest)
@@ -288,32 +291,84 @@ def _cache_roots(sc: Scratch) -> list[tuple[Digest, str | None]]:
     return out
 
 
-def _read_manifest(store: Any, digest: Digest, media_type: str | None, *, strict: bool):
-    """Parse a local manifest or index; None when absent. ``strict``: unreadable content aborts GC."""
-    path = store.blob_path(digest)
+class _Doc:
+    """The parts of a manifest or index GC needs, from plain JSON (no model objects: GC reads many)."""
+
+    __slots__ = ("media_type", "children", "subject")
+
+    def __init__(self, media_type: str | None, children: list[tuple[Digest, str | None]], subject: Digest | None):
+        self.media_type, self.children, self.subject = media_type, children, subject
+
+
+def _desc(value: Any) -> tuple[Digest, str | None]:
+    if not isinstance(value, dict) or not isinstance(value.get("digest"), str):
+        raise ManifestError("descriptor without a digest")
+    media_type = value.get("mediaType")
+    return Digest.parse(value["digest"]), media_type if isinstance(media_type, str) else None
+
+
+def _parse_doc(raw: bytes) -> _Doc:
     try:
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"{size} bytes, over the manifest size limit")
-        raw = path.read_bytes()
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        raise ManifestError("not a schemaVersion 2 manifest or index")
+    children: list[tuple[Digest, str | None]] = []
+    if "manifests" in doc:
+        children += [_desc(d) for d in doc["manifests"] or ()]
+    elif "config" in doc:
+        children.append(_desc(doc["config"]))
+        children += [_desc(d) for d in doc.get("layers") or ()]
+    else:
+        raise ManifestError("neither a manifest nor an index")
+    subject = _desc(doc["subject"])[0] if doc.get("subject") is not None else None
+    media_type = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else None
+    return _Doc(media_type, children, subject)
+
+
+def _read_small(path: str) -> bytes | None:
+    """A file's bytes if it exists and may be a manifest (small, starts like JSON), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
-    except (OSError, ManifestError) as exc:
-        if strict:
-            raise _Abort(f"manifest {digest} unreadable: {_one_line(exc)}") from None
-        return None
     try:
-        if digest.supported and Digest.of(raw, digest.algorithm) != digest:
+        size = os.fstat(fd).st_size
+        if size > MAX_MANIFEST_BYTES:
+            return None
+        chunks = []
+        while chunk := os.read(fd, max(size, 1 << 16)):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _read_manifest(layout: str, digest: Digest, *, strict: bool) -> _Doc | None:
+    """Parse a local manifest or index; None when absent. ``strict``: unreadable content aborts GC."""
+    path = _blob(layout, digest)
+    try:
+        raw = _read_small(path)
+        if raw is None:
+            if strict and os.path.exists(path):
+                raise ManifestError("over the manifest size limit")
+            return None
+        if digest.supported and hashlib.new(digest.algorithm, raw).hexdigest() != digest.encoded:
             raise ManifestError("content does not match its digest")
-        return parse_manifest(raw, media_type if mt.is_manifest_like(media_type) else None)
-    except (ManifestError, OCIBuildError) as exc:
+        return _parse_doc(raw)
+    except (OSError, OCIBuildError) as exc:
         if strict:
-            raise _Abort(f"manifest {digest} is corrupt ({_one_line(exc)}); run ocibuild fsck") from None
+            raise _Abort(f"manifest {digest} is unreadable ({_one_line(exc)}); run ocibuild fsck") from None
         return None
+
+
+def _blob(layout: str, digest: Digest) -> str:
+    return f"{layout}/blobs/{digest.algorithm}/{digest.encoded}"
 
 
 def _mark(
-    store: Any,
+    layout: str,
     roots: Iterable[tuple[Digest, str | None]],
     marked: set[Digest],
     manifests_seen: set[Digest],
@@ -326,25 +381,26 @@ def _mark(
         if digest in marked:
             continue
         marked.add(digest)
-        queue.extend((child, row_of[child].media_type if child in row_of else None) for child in edges.get(digest, ()))
+        for child in edges.get(digest, ()):
+            queue.append((child, row_of[child].media_type if child in row_of else None))
         if not mt.is_manifest_like(media_type):
             row = row_of.get(digest)
             media_type = row.media_type if row is not None else media_type
         if mt.is_manifest_like(media_type):
-            manifest = _read_manifest(store, digest, media_type, strict=True)
-        elif not media_type and _looks_like_json(store.blob_path(digest)):
-            manifest = _read_manifest(store, digest, None, strict=False)  # a held digest of unknown type
+            doc = _read_manifest(layout, digest, strict=True)
+        elif not media_type and _looks_like_json(_blob(layout, digest)):
+            doc = _read_manifest(layout, digest, strict=False)  # a held digest of unknown type
         else:
             continue
-        if manifest is None:
+        if doc is None:
             continue  # lives elsewhere (a registry): its children are not ours to keep
         manifests_seen.add(digest)
-        queue.extend((child.digest, child.media_type) for child in manifest.children())
+        queue.extend(doc.children)
 
 
 def _mark_referrers(
-    store: Any,
-    blobs: list[tuple[Digest, Path]],
+    layout: str,
+    blobs: list[tuple[Digest, str]],
     marked: set[Digest],
     manifests_seen: set[Digest],
     row_of: dict[Digest, ObjectRow],
@@ -353,45 +409,56 @@ def _mark_referrers(
     exclude: set[Digest],
 ) -> None:
     """Keep every local manifest whose ``subject`` is marked (to a fixpoint: referrers of referrers)."""
-    by_subject: dict[Digest, list[tuple[Digest, str]]] = {}
+    by_subject: dict[Digest, list[tuple[Digest, str | None]]] = {}
     for digest, path in blobs:
         if digest in marked or digest in exclude:
             continue
         row = row_of.get(digest)
         if row is not None and row.media_type and not mt.is_manifest_like(row.media_type):
             continue  # the ledger knows it is a config or a layer
-        if not _looks_like_json(path):
+        try:
+            raw = _read_small(path)
+        except OSError:
             continue
-        manifest = _read_manifest(store, digest, row.media_type if row else None, strict=False)
-        if manifest is None:
+        if raw is None or raw.lstrip()[:1] != b"{" or b'"schemaVersion"' not in raw:
+            continue
+        if b'"subject"' not in raw:
+            if b'"manifests"' in raw or b'"layers"' in raw:
+                manifests_seen.add(digest)  # counted in the report; nothing to follow
+            continue
+        try:
+            if digest.supported and hashlib.new(digest.algorithm, raw).hexdigest() != digest.encoded:
+                continue
+            doc = _parse_doc(raw)
+        except OCIBuildError:
             continue
         manifests_seen.add(digest)
-        if manifest.subject is not None:
-            by_subject.setdefault(manifest.subject.digest, []).append((digest, manifest.media_type))
+        if doc.subject is not None:
+            by_subject.setdefault(doc.subject, []).append((digest, doc.media_type))
     pending = True
     while pending:
         pending = False
         for subject in [s for s in by_subject if s in marked]:
             found = [r for r in by_subject.pop(subject) if r[0] not in marked]
             if found:
-                _mark(store, found, marked, manifests_seen, row_of, edges)
+                _mark(layout, found, marked, manifests_seen, row_of, edges)
                 pending = True
 
 
-def _looks_like_json(path: Path) -> bool:
+def _looks_like_json(path: "str | os.PathLike[str]") -> bool:
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            return False
         with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size > MAX_MANIFEST_BYTES:
+                return False
             return fh.read(64).lstrip()[:1] == b"{"
     except OSError:
         return False
 
 
-def _scan_blobs(layout: Path) -> Iterable[tuple[Digest, Path]]:
+def _scan_blobs(layout: "str | os.PathLike[str]") -> Iterable[tuple[Digest, str]]:
     """Files in ``blobs/<alg>/`` named like digests (anything else is not ours to judge)."""
-    root = layout / "blobs"
-    if not root.is_dir():
+    root = os.path.join(layout, "blobs")
+    if not os.path.isdir(root):
         return
     for alg in os.scandir(root):
         if not alg.is_dir(follow_symlinks=False):
@@ -401,7 +468,7 @@ def _scan_blobs(layout: Path) -> Iterable[tuple[Digest, Path]]:
                 digest = Digest.parse(f"{alg.name}:{entry.name}")
             except OCIBuildError:
                 continue
-            yield digest, Path(entry.path)
+            yield digest, entry.path
 
 
 def _clean_temp(
