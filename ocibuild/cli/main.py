@@ -22,6 +22,9 @@ from ocibuild.errors import OCIBuildError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "ocibuild.cli.image",  # copy, inspect, manifest, config, digest, tags, delete, login, logout, append, mutate, unpack
+    "ocibuild.cli.build",  # build, rebase
+    "ocibuild.cli.builder",  # builder create, builder inspect
+    "ocibuild.cli.maintenance",  # gc, fsck, ledger
 )
 
 

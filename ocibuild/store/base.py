@@ -147,5 +147,12 @@ def walk_children(manifest: AnyManifest) -> Iterable[Descriptor]:
 
 
 def digest_arg(identifier: str) -> Digest | None:
-    """The digest in an identifier string, or None when it is a tag."""
-    return Digest.parse(identifier) if ":" in identifier and not identifier.startswith(":") else None
+    """The digest in an identifier string, or None when it is a tag.
+
+    Layout tags may contain ``:`` and ``/`` (``ocibuild.local/builder:1``), so only a string in the
+    digest grammar with a known algorithm counts as a digest.
+    """
+    algorithm, sep, _ = identifier.partition(":")
+    if not sep or algorithm not in ("sha256", "sha512"):
+        return None
+    return Digest.parse(identifier)

@@ -1,0 +1,142 @@
+"""``ocibuild build`` and ``ocibuild rebase``: pack's flags, no daemon. Logic lives in ``ocibuild.cnb``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ocibuild.cli.options import global_options
+from ocibuild.cli.output import emit, emit_json, note
+
+
+def _env(values: list[str], files: list[Path]) -> dict[str, str]:
+    """``--env-file`` lines then ``--env`` (later wins); ``KEY`` alone takes the value from our env."""
+    from ocibuild.errors import UsageError
+
+    out: dict[str, str] = {}
+    items: list[str] = []
+    for path in files:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise UsageError(f"cannot read env file {path}: {exc.strerror}") from None
+        items += [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    items += values
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise UsageError(f"--env needs KEY=VALUE, got {item!r}")
+        out[key] = value if sep else os.environ.get(key, "")
+    return out
+
+
+def _creation_time(value: str | None) -> int | None:
+    from ocibuild.errors import UsageError
+
+    if value is None:
+        return None
+    if value == "now":
+        return int(time.time())
+    if not value.isdigit():
+        raise UsageError(f"--creation-time takes UNIX seconds or 'now', got {value!r}")
+    return int(value)
+
+
+def build(
+    ctx: typer.Context,
+    image: str = typer.Argument(..., metavar="IMAGE", help="Where the app image goes: REF or oci:DIR:TAG"),
+    builder: Optional[str] = typer.Option(None, "--builder", "-B", help="Builder image (default: ocibuild's embedded busybox builder)."),
+    path: Path = typer.Option(Path("."), "--path", "-p", help="App directory."),
+    buildpack: list[str] = typer.Option([], "--buildpack", "-b", help="id@version on the builder, a directory, .tgz, .cnb or buildpackage image (repeatable)."),
+    env: list[str] = typer.Option([], "--env", "-e", help="Build-time env KEY=VALUE (repeatable)."),
+    env_file: list[Path] = typer.Option([], "--env-file", help="File of KEY=VALUE lines."),
+    run_image: Optional[str] = typer.Option(None, "--run-image", help="Run image (default: the builder's)."),
+    tag: list[str] = typer.Option([], "--tag", "-t", help="Additional tag in the same repository or layout (repeatable)."),
+    cache_image: Optional[str] = typer.Option(None, "--cache-image", help="Keep the build cache as an image."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep the build cache in a directory."),
+    clear_cache: bool = typer.Option(False, "--clear-cache", help="Do not restore the cache."),
+    default_process: Optional[str] = typer.Option(None, "--default-process", "-D", help="Default process type."),
+    creation_time: Optional[str] = typer.Option(None, "--creation-time", help="UNIX seconds or 'now' (default: SOURCE_DATE_EPOCH, else 1980-01-01T00:00:01Z)."),
+    platform: Optional[str] = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]", help="Builder platform in an index."),
+    sbom_output_dir: Optional[Path] = typer.Option(None, "--sbom-output-dir", help="Copy the SBOM files here."),
+    scratch: Optional[Path] = typer.Option(None, "--scratch", envvar="OCIBUILD_SCRATCH", help="Scratch directory (layout, ledger, cache)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show phase timings."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Build IMAGE from an app directory with Cloud Native Buildpacks; prints the image digest last."""
+    from ocibuild.cnb.pipeline import BuildOptions
+    from ocibuild.cnb.pipeline import build as run_build
+    from ocibuild.oci.descriptor import Platform
+
+    opts = global_options(ctx)
+    quiet = opts.quiet
+    outcome = run_build(
+        BuildOptions(
+            image=image, path=path, builder=builder, buildpacks=tuple(buildpack), env=_env(env, env_file),
+            run_image=run_image, tags=tuple(tag), cache_image=cache_image, cache_dir=cache_dir,
+            clear_cache=clear_cache, default_process=default_process,
+            creation_time=_creation_time(creation_time),
+            platform=Platform.parse(platform) if platform else None, sbom_output_dir=sbom_output_dir,
+            scratch=scratch, default_registry=opts.registry, registry_options=opts.registry_options(),
+        ),
+        say=lambda msg: note(msg, quiet),
+    )
+    if as_json:
+        emit_json(outcome.__dict__)
+        return
+    if verbose:
+        for name, seconds in outcome.phases.items():
+            note(f"{name:>22}: {seconds:.3f} s", quiet)
+    if outcome.gc:
+        note(f"gc: removed {outcome.gc.get('removed_blobs', 0)} blobs "
+             f"({outcome.gc.get('removed_bytes', 0)} bytes)", quiet)
+    emit(outcome.digest)
+
+
+def rebase(
+    ctx: typer.Context,
+    image: str = typer.Argument(..., metavar="IMAGE"),
+    run_image: Optional[str] = typer.Option(None, "--run-image", help="New run image (default: the one the image names)."),
+    force: bool = typer.Option(False, "--force", help="Rebase even when the lifecycle's checks refuse."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Write the result under this tag instead of IMAGE's."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Swap the run image under an app image without rebuilding (a manifest and config edit)."""
+    from ocibuild.cnb.rebase import rebase as run_rebase
+    from ocibuild.store.open import open_reference
+
+    opts = global_options(ctx)
+    store, ident = open_reference(image, opts.registry, opts.registry_options())
+    run_ref = run_image or _named_run_image(store, ident or "latest")
+    run_store, run_ident = open_reference(run_ref, opts.registry, opts.registry_options())
+    result = run_rebase(store, ident or "latest", run_store, run_ident or "latest", force=force, dst_tag=tag,
+                        new_run_name=run_ref)
+    if as_json:
+        emit_json({"image": image, "digest": str(result.descriptor.digest), "runImage": run_ref})
+        return
+    emit(str(result.descriptor.digest))
+
+
+def _named_run_image(store, identifier: str) -> str:  # noqa: ANN001
+    from ocibuild.errors import UsageError
+    from ocibuild.store.base import load_config, load_manifest
+
+    _, manifest = load_manifest(store, identifier)
+    config = load_config(store, manifest.config)
+    import json
+
+    meta = json.loads(config.labels.get("io.buildpacks.lifecycle.metadata", "{}") or "{}")
+    name = (meta.get("runImage") or {}).get("image") or ((meta.get("stack") or {}).get("runImage") or {}).get("image")
+    if not name:
+        raise UsageError("the image names no run image: pass --run-image")
+    return name
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(build)
+    app.command()(rebase)

@@ -1,0 +1,397 @@
+"""``ocibuild build``: the whole Cloud Native Buildpacks build, with no daemon.
+
+resolve builder (identity = digest, captured once) -> compose an ephemeral builder only when
+buildpacks, env or a run image are given -> extract only the buildpacks the order needs -> detect
+-> restore cache -> build (buildpacks see /layers and /workspace) -> export -> save cache ->
+finally: release the lease and garbage-collect the scratch layout, however the build ended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ocibuild.cnb.errors import BuildpackNotFound
+from ocibuild.errors import UsageError
+from ocibuild.oci.descriptor import Platform
+
+Say = Callable[[str], None]
+ROLE_EPHEMERAL_BUILDER = "ephemeral-builder"
+ROLE_APP_IMAGE = "app-image"
+ROLE_DEFAULT_BUILDER = "default-builder"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything ``ocibuild build`` takes; pack's flag names and meanings."""
+
+    image: str
+    path: Path = Path(".")
+    builder: str | None = None
+    buildpacks: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    run_image: str | None = None
+    tags: tuple[str, ...] = ()
+    cache_image: str | None = None
+    cache_dir: Path | None = None
+    clear_cache: bool = False
+    default_process: str | None = None
+    creation_time: int | None = None
+    platform: Platform | None = None
+    sbom_output_dir: Path | None = None
+    scratch: Path | None = None
+    default_registry: str | None = None
+    registry_options: Any = None
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    image: str
+    digest: str
+    builder_digest: str
+    ephemeral_builder: str | None
+    group: tuple[str, ...]
+    uploaded: int
+    phases: Mapping[str, float]
+    gc: Mapping[str, Any] | None
+
+
+class _Phases:
+    def __init__(self, say: Say):
+        self.say = say
+        self.times: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        self.say(f"===> {name.upper()}")
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.times[name] = round(time.perf_counter() - start, 4)
+
+
+def build(opts: BuildOptions, say: Say = lambda _m: None) -> BuildOutcome:
+    from ocibuild.ledger import Lease, Scratch
+    from ocibuild.ledger.gc import release_and_collect
+
+    app = Path(opts.path).absolute()
+    if not app.is_dir():
+        raise UsageError(f"app directory {opts.path} does not exist")
+    scratch = Scratch.resolve(opts.scratch).ensure()
+    lease = Lease(scratch).acquire()
+    outcome: BuildOutcome | None = None
+    try:
+        outcome = _build(opts, app, scratch, lease, say)
+    finally:
+        report = release_and_collect(lease, scratch, registry_options=opts.registry_options)
+        if report is not None and outcome is not None:
+            outcome = BuildOutcome(**{**outcome.__dict__, "gc": report.to_dict()})
+    assert outcome is not None
+    return outcome
+
+
+def _open(text: str, opts: BuildOptions, *, for_write: bool = False):  # noqa: ANN202
+    from ocibuild.store.open import open_reference
+
+    return open_reference(text, opts.default_registry, opts.registry_options, for_write=for_write)
+
+
+def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) -> BuildOutcome:
+    from ocibuild.cnb.builder import open_builder
+    from ocibuild.cnb.buildpack import load_buildpacks
+    from ocibuild.cnb.compose import compose_builder, parse_order
+    from ocibuild.cnb.defaults import DEFAULT_BUILDER, ensure_default_builder
+
+    phases = _Phases(say)
+    scratch_store = scratch.open_layout()
+    work = scratch.work_path / lease.id
+    work.mkdir(parents=True)
+    try:
+        # 1. The builder: identity is the digest read here, before anything is composed.
+        run_image_store = None
+        if opts.builder in (None, DEFAULT_BUILDER):
+            hook = lease.publish_hook(scratch_store, ROLE_DEFAULT_BUILDER)
+            builder_id, run_tag = ensure_default_builder(scratch_store, hook)
+            builder_store = scratch_store
+            run_image_store = scratch_store
+        else:
+            builder_store, builder_id = _open(opts.builder, opts)
+        builder = phases.run("resolving builder", lambda: open_builder(builder_store, builder_id or "latest",
+                                                                       platform=opts.platform))
+        original_digest = builder.digest
+
+        extra: list[Any] = []
+        for source in opts.buildpacks:
+            if "@" in source and not os.path.exists(source) and ":" not in source.split("@", 1)[0]:
+                continue  # id@version on the builder: nothing to fetch
+            extra += load_buildpacks(source, platform=opts.platform, options=opts.registry_options)
+        order = None
+        if opts.buildpacks:
+            ids = [s if ("@" in s and not os.path.exists(s)) else None for s in opts.buildpacks]
+            members = []
+            fetched = iter(b for b in extra)
+            for s, as_id in zip(opts.buildpacks, ids):
+                if as_id is not None:
+                    members.append(as_id)
+                else:
+                    bp = next(fetched)
+                    members.append(f"{bp.id}@{bp.version}")
+                    # skip the dependencies this source brought (they follow it in `extra`)
+                    for _ in range(_dependency_count(bp, extra)):
+                        next(fetched, None)
+            order = parse_order([members])
+        composed = phases.run("composing builder", lambda: compose_builder(
+            builder,
+            buildpacks=extra,
+            order=order,
+            env=dict(opts.env),
+            run_image=opts.run_image,
+            scratch_store=scratch_store,
+            before_publish=lease.publish_hook(scratch_store, ROLE_EPHEMERAL_BUILDER, ephemeral=True),
+            ledger=lease.ledger,
+            tag=None,
+        ))
+        if composed.ephemeral:
+            say(f"ephemeral builder {composed.digest.short()} (from {builder.name} {original_digest.short()})")
+        assert builder.digest == original_digest  # the caller's builder is never touched
+
+        # 2. Only the buildpacks the order needs, from the (composed) builder's layers.
+        bp_dir = work / "cnb" / "buildpacks"
+        bp_dir.mkdir(parents=True)
+        group_order = _effective_order(composed, builder)
+        phases.run("extracting buildpacks", lambda: _extract_buildpacks(
+            group_order, composed, builder_store, scratch_store, bp_dir))
+
+        # 3. Detect, restore, build.
+        layers = work / "layers"
+        workspace = work / "workspace"
+        platform_dir = work / "platform"
+        layers.mkdir()
+        (platform_dir / "env").mkdir(parents=True)
+        for key in sorted(opts.env):
+            (platform_dir / "env" / key).write_text(opts.env[key])
+        shutil.copytree(app, workspace, symlinks=True)
+        run_name = opts.run_image or (composed_run_image(composed) or "")
+        if run_image_store is not None and not opts.run_image:
+            run_store, run_id = run_image_store, run_tag
+        else:
+            if not run_name:
+                raise UsageError(f"builder {builder.name} names no run image: pass --run-image")
+            run_store, run_id = _open(run_name, opts)
+        target = _target_of(run_store, run_id or "latest", opts.platform)
+        sandbox = _sandbox(layers, workspace, platform_dir, bp_dir)
+        detected = phases.run("detecting", lambda: _detect(group_order, bp_dir, workspace, platform_dir, target,
+                                                            sandbox))
+        group_names = tuple(f"{e.id}@{e.version}" for e in detected.group)
+        say("group: " + ", ".join(group_names))
+        _write_group(layers, detected.group)
+
+        target_store, target_id = _open(opts.image, opts, for_write=True)
+        from ocibuild.cnb.cache import restore
+        from ocibuild.cnb.export import GroupBuildpack, previous_metadata
+
+        previous = _previous(previous_metadata, target_store, target_id)
+        cache = _cache(opts, scratch, target_store)
+        group_bps = [GroupBuildpack(e.id, e.version, str(e.api or "0.10"), e.homepage or "") for e in detected.group]
+        if not opts.clear_cache:
+            phases.run("restoring", lambda: restore(cache, layers, group_bps, previous=previous))
+
+        from ocibuild.cnb.build import build as run_build
+
+        phases.run("building", lambda: run_build(detected.group, detected.plan, layers, workspace, platform_dir,
+                                                 buildpacks_dir=bp_dir, target=target, sandbox=sandbox))
+
+        # 4. Export, then cache.
+        from ocibuild.cnb.export import ExportOptions, RunImage, export
+
+        export_opts = ExportOptions(
+            layers_dir=layers, app_dir=workspace, uid=builder.uid or 1000, gid=builder.gid or 1000,
+            default_process=opts.default_process, creation_time=opts.creation_time,
+            tmp_dir=getattr(target_store, "tmp_dir", None) or work, extra_tags=tuple(opts.tags),
+        )
+        result = phases.run("exporting", lambda: export(
+            target_store, target_id, RunImage(run_store, run_id or "latest", run_name or run_id), export_opts,
+            previous=previous))
+        _record_app_image(lease, target_store, result)
+        if cache is not None:
+            phases.run("caching", lambda: cache.save(layers, uid=export_opts.uid, gid=export_opts.gid,
+                                                     tmp_dir=work))
+        if opts.sbom_output_dir is not None and (layers / "sbom").is_dir():
+            shutil.copytree(layers / "sbom", opts.sbom_output_dir, dirs_exist_ok=True)
+        return BuildOutcome(
+            image=opts.image, digest=str(result.descriptor.digest), builder_digest=str(original_digest),
+            ephemeral_builder=str(composed.digest) if composed.ephemeral else None, group=group_names,
+            uploaded=sum(1 for _ in result.uploaded), phases=dict(phases.times), gc=None,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _dependency_count(bp: Any, fetched: list[Any]) -> int:
+    """How many buildpacks after ``bp`` in ``fetched`` are its composite dependencies."""
+    if not getattr(bp, "order", None):
+        return 0
+    names = {f"{m.id}@{m.version}" for group in bp.order for m in group}
+    i = fetched.index(bp) + 1
+    n = 0
+    while i < len(fetched) and f"{fetched[i].id}@{fetched[i].version}" in names:
+        n, i = n + 1, i + 1
+    return n
+
+
+def composed_run_image(composed: Any) -> str | None:
+    from ocibuild.cnb.builder import builder_from_parts
+
+    b = builder_from_parts("builder", composed.descriptor, composed.manifest, composed.config)
+    runs = b.run_images
+    return runs[0].image if runs else None
+
+
+def _effective_order(composed: Any, builder: Any) -> Any:
+    """The order the lifecycle will use, as ``descriptor.Order`` (detect's model)."""
+    from ocibuild.cnb.builder import builder_from_parts
+    from ocibuild.cnb.buildpack import order_to_json
+    from ocibuild.cnb.descriptor import parse_order
+
+    b = builder_from_parts("builder", composed.descriptor, composed.manifest, composed.config) \
+        if composed.ephemeral else builder
+    layers_md = b.buildpack_layers
+    groups = []
+    for group in order_to_json(b.order):
+        members = []
+        for el in group.get("group", []):
+            el = dict(el)
+            if not el.get("version"):
+                versions = sorted((layers_md.get(el["id"]) or {}).keys())
+                if len(versions) != 1:
+                    raise BuildpackNotFound(f"buildpack {el['id']} is not on the builder (or is ambiguous)",
+                                            buildpack=el["id"])
+                el["version"] = versions[0]
+            members.append(el)
+        groups.append({"group": members})
+    return parse_order(groups, "builder order")
+
+
+def _layers_for(order: Any, layers_md: Mapping[str, Any]) -> set[str]:
+    """diffIDs of every buildpack reachable from ``order`` (composites followed through the label)."""
+    need: set[str] = set()
+    seen: set[tuple[str, str]] = set()
+    stack = [(el.id, el.version) for group in order.groups for el in group.elements] \
+        if hasattr(order, "groups") else []
+    while stack:
+        bp_id, version = stack.pop()
+        if (bp_id, version) in seen:
+            continue
+        seen.add((bp_id, version))
+        info = (layers_md.get(bp_id) or {}).get(version)
+        if info is None:
+            raise BuildpackNotFound(f"buildpack {bp_id}@{version} is not on the builder", buildpack=bp_id)
+        need.add(str(info["layerDiffID"]))
+        for group in info.get("order") or []:
+            for el in group.get("group", []):
+                stack.append((el["id"], el.get("version", "")))
+    return need
+
+
+def _extract_buildpacks(order: Any, composed: Any, builder_store: Any, scratch_store: Any, dest: Path) -> int:
+    """Fetch and unpack just the layers holding the buildpacks ``order`` needs (safe extraction)."""
+    from ocibuild.cnb.builder import builder_from_parts
+    from ocibuild.layer.compress import decompressor
+    from ocibuild.layer.extract import safe_extract
+    from ocibuild.oci import mediatype as mt
+
+    b = builder_from_parts("builder", composed.descriptor, composed.manifest, composed.config)
+    wanted = _layers_for(order, b.buildpack_layers)
+    by_diff = dict(zip((str(d) for d in composed.config.diff_ids), composed.manifest.layers))
+    count = 0
+    for diff_id in sorted(wanted):
+        desc = by_diff.get(diff_id)
+        if desc is None:
+            raise BuildpackNotFound(f"builder has no layer with diffID {diff_id}")
+        store = scratch_store if scratch_store.has_blob(desc) else builder_store
+        with store.open_blob(desc) as blob:
+            stream = decompressor(blob, mt.compression_of(desc.media_type))
+            count += safe_extract(stream, dest, "cnb/buildpacks/")
+            stream.read()  # drain to EOF so the digest is verified
+    return count
+
+
+def _target_of(store: Any, identifier: str, platform: Platform | None) -> Any:
+    from ocibuild.cnb.descriptor import Target
+    from ocibuild.oci.manifest import Index
+    from ocibuild.store.base import load_config, load_manifest
+
+    _, manifest = load_manifest(store, identifier)
+    if isinstance(manifest, Index):
+        return Target(os=platform.os if platform else "linux", arch=platform.architecture if platform else "amd64")
+    config = load_config(store, manifest.config)
+    labels = config.labels
+    return Target(os=config.os or "linux", arch=config.architecture or "amd64",
+                  arch_variant=config.get("variant") or "",
+                  distro_name=labels.get("io.buildpacks.base.distro.name", ""),
+                  distro_version=labels.get("io.buildpacks.base.distro.version", ""))
+
+
+def _sandbox(layers: Path, workspace: Path, platform_dir: Path, bp_dir: Path) -> Any:
+    from ocibuild.cnb.sandbox import prepare_sandbox
+
+    return prepare_sandbox({layers: "/layers", workspace: "/workspace", platform_dir: "/platform",
+                            bp_dir: "/cnb/buildpacks"})
+
+
+def _detect(order: Any, bp_dir: Path, workspace: Path, platform_dir: Path, target: Any, sandbox: Any) -> Any:
+    from ocibuild.cnb.detect import detect
+
+    return detect(order, bp_dir, workspace, platform_dir, target=target, sandbox=sandbox)
+
+
+def _write_group(layers: Path, group: Any) -> None:
+    doc = {"group": [{k: v for k, v in (("id", e.id), ("version", e.version), ("api", str(e.api or "")),
+                                          ("homepage", e.homepage or "")) if v} for e in group]}
+    (layers / "group.toml").write_text(tomli_w.dumps(doc))
+
+
+def _previous(previous_metadata: Callable[..., Any], store: Any, identifier: str | None) -> Any:
+    from ocibuild.errors import NotFound
+
+    if not identifier:
+        return None
+    try:
+        return previous_metadata(store, identifier)
+    except NotFound:
+        return None
+
+
+def _cache(opts: BuildOptions, scratch: Any, target_store: Any) -> Any:
+    from ocibuild.cnb.cache import DirCache, ImageCache
+
+    if opts.cache_image:
+        store, ident = _open(opts.cache_image, opts, for_write=True)
+        return ImageCache(store, ident or "latest")
+    if opts.cache_dir is not None:
+        return DirCache(opts.cache_dir)
+    key = hashlib.sha256(opts.image.encode()).hexdigest()[:16]
+    return DirCache(scratch.cache_path / key)
+
+
+def _record_app_image(lease: Any, store: Any, result: Any) -> None:
+    """The ledger row for every digest the export created (not ephemeral: the user asked for it)."""
+    from ocibuild.ledger.scratch import layout_location
+
+    location = layout_location(store.path) if hasattr(store, "path") else f"{store.registry}/{store.repository}"
+    lease.ledger.record(result.descriptor, location=location, lease_id=lease.id, role=ROLE_APP_IMAGE,
+                        ephemeral=False)
+    lease.ledger.record(result.config.descriptor(), location=location, lease_id=lease.id, role="config",
+                        ephemeral=False)
+    for layer in result.layers:
+        desc = getattr(layer, "descriptor", None)
+        if desc is not None:
+            lease.ledger.record(desc, location=location, lease_id=lease.id, role="layer", ephemeral=False)
