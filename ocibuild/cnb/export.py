@@ -101,6 +101,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _process(raw: Mapping[str, Any], bp_id: str) -> LaunchProcess:
     command = raw.get("command", [])
+    # Buildpack API < 0.9 writes a command string with an optional `direct` (default false);
+    # API >= 0.9 writes an array and every process is direct.
+    direct = bool(raw.get("direct", False)) if isinstance(command, str) else bool(raw.get("direct", True))
     if isinstance(command, str):
         command = [command]
     if not command or not all(isinstance(c, str) for c in command):
@@ -109,7 +112,7 @@ def _process(raw: Mapping[str, Any], bp_id: str) -> LaunchProcess:
         type=str(raw.get("type", "")),
         command=tuple(command),
         args=tuple(str(a) for a in raw.get("args", []) or []),
-        direct=bool(raw.get("direct", False)),
+        direct=direct,
         default=bool(raw.get("default", False)),
         buildpack_id=str(raw.get("buildpack-id", bp_id)),
         working_dir=str(raw.get("working-dir", "") or ""),
