@@ -218,6 +218,26 @@ def test_skopeo_pulls_an_index_ocibuild_pushed(registry: RegistryServer, fresh_r
     assert sorted(report.manifests) == sorted(str(c.digest) for c in children)
 
 
+def test_ocibuild_pulls_an_index_skopeo_pushed(registry: RegistryServer, fresh_repo: str, tmp_path: Path) -> None:
+    store = create_layout(tmp_path / "src")
+    _, children = _index(store, tmp_path, "multi")
+    target = registry.skopeo_ref(fresh_repo, "multi")
+    _skopeo(registry, tmp_path, "copy", "--all", f"oci:{store.path}:multi", target)
+    raw = _skopeo(registry, tmp_path, "inspect", "--raw", target).encode()
+    (tmp_path / "raw.json").write_bytes(raw)
+    skopeo_digest = run(["skopeo", "manifest-digest", tmp_path / "raw.json"], check=True).stdout.strip()
+    back = create_layout(tmp_path / "back")
+    got = api.copy(f"docker://{registry.ref(fresh_repo, 'multi')}", f"oci:{back.path}:multi",
+                   all_platforms=True, options=_options(registry, tmp_path))
+    assert str(got.digest) == skopeo_digest and got.media_type == mt.OCI_INDEX
+    assert back.blob_path(got.digest).read_bytes() == raw
+    report = schemas.validate_layout(back.path, verify_blobs=True)
+    assert sorted(report.manifests) == sorted(str(c.digest) for c in children)
+    rootfs = tmp_path / "arm64"
+    api.unpack(f"oci:{back.path}:multi", str(rootfs), platform=Platform.parse("linux/arm64/v8"))
+    assert (rootfs / "etc/platform").read_bytes() == b"linux/arm64/v8"
+
+
 @pytest.mark.parametrize(("which", "fmt"), [("registry", "oci"), ("registry", "v2s2"), ("basic_registry", "oci"),
                                             ("basic_registry", "v2s2")])
 def test_ocibuild_pulls_what_skopeo_pushed(which: str, fmt: str, request: pytest.FixtureRequest,
