@@ -1,0 +1,167 @@
+"""``ocibuild build`` end to end: the seed's regression, failure paths, reproducibility, cache, registry + podman.
+
+Every build runs the real CLI in a subprocess with its own scratch directory, the embedded default
+builder (busybox-static + the Procfile buildpack) and test buildpacks from ``fixtures/build``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.tools import require_tool
+
+REPO = Path(__file__).resolve().parent.parent
+BUILDPACKS = REPO / "fixtures" / "build" / "buildpacks"
+HELLO = REPO / "examples" / "hello"
+PROCFILE = "ocibuild/procfile@0.1.0"
+
+
+def ocibuild(*args: str, scratch: Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ, OCIBUILD_SCRATCH=str(scratch), **(env or {}))
+    proc = subprocess.run([sys.executable, "-m", "ocibuild.cli.main", *args], capture_output=True, text=True,
+                          env=full_env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ocibuild {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def build_json(*args: str, scratch: Path, app: Path) -> dict:
+    return json.loads(ocibuild("build", *args, "--path", str(app), "--json", scratch=scratch).stdout)
+
+
+def blobs(layout: Path) -> set[str]:
+    return {p.name for p in (layout / "blobs" / "sha256").iterdir()}
+
+
+def snapshot(layout: Path) -> dict[str, bytes]:
+    """index.json and every blob the index reaches directly, byte for byte."""
+    index = (layout / "index.json").read_bytes()
+    out = {"index.json": index}
+    for entry in json.loads(index)["manifests"]:
+        hexd = entry["digest"].split(":", 1)[1]
+        out[hexd] = (layout / "blobs" / "sha256" / hexd).read_bytes()
+    return out
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    dest = tmp_path / "app"
+    shutil.copytree(HELLO, dest)
+    return dest
+
+
+@pytest.fixture
+def warm_scratch(tmp_path: Path, app: Path) -> Path:
+    """A scratch dir in which the default builder already exists (made by a first plain build)."""
+    scratch = tmp_path / "scratch"
+    build_json(f"oci:{tmp_path}/warm:app", scratch=scratch, app=app)
+    return scratch
+
+
+def assert_no_ephemeral_left(scratch: Path) -> None:
+    rows = json.loads(ocibuild("ledger", "--ephemeral", "--json", scratch=scratch).stdout)
+    assert rows == [] or rows.get("objects", rows) == [], f"ephemeral ledger rows left: {rows}"
+    fsck = ocibuild("fsck", "--json", scratch=scratch, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_seed_regression_ephemeral_builder_is_collected_and_original_untouched(
+    tmp_path: Path, app: Path, warm_scratch: Path
+) -> None:
+    layout = warm_scratch / "layout"
+    before_blobs = blobs(layout)
+    before = snapshot(layout)
+
+    out = build_json(f"oci:{tmp_path}/out:app", "--buildpack", str(BUILDPACKS / "greeter"), "--buildpack", PROCFILE,
+                     "--env", "BP_FLAG=1", scratch=warm_scratch, app=app)
+
+    ephemeral = out["ephemeral_builder"]
+    assert ephemeral and ephemeral != out["builder_digest"], out
+    assert out["group"] == ["test/greeter@1.0.0", PROCFILE]
+    # pack's bug: the ephemeral builder stayed. Here it and every blob only it used are gone ...
+    assert ephemeral.split(":", 1)[1] not in blobs(layout)
+    assert blobs(layout) == before_blobs
+    assert out["gc"]["removed_blobs"] >= 1
+    # ... and the user's builder is byte-identical, with all its tags.
+    assert snapshot(layout) == before
+    assert_no_ephemeral_left(warm_scratch)
+
+
+def test_no_compose_when_nothing_is_added(tmp_path: Path, app: Path, warm_scratch: Path) -> None:
+    before = snapshot(warm_scratch / "layout")
+    out = build_json(f"oci:{tmp_path}/out:app", scratch=warm_scratch, app=app)
+    assert out["ephemeral_builder"] is None
+    assert out["gc"]["removed_blobs"] == 0
+    assert snapshot(warm_scratch / "layout") == before
+
+
+@pytest.mark.parametrize(("buildpack", "code", "message"), [
+    ("fail-detect", 20, "No buildpack groups passed detection."),
+    ("fail-build", 51, "test/fail-build"),
+])
+def test_failed_builds_exit_like_the_lifecycle_and_leave_nothing(
+    tmp_path: Path, app: Path, warm_scratch: Path, buildpack: str, code: int, message: str
+) -> None:
+    layout = warm_scratch / "layout"
+    before_blobs, before = blobs(layout), snapshot(layout)
+    proc = ocibuild("build", f"oci:{tmp_path}/out:app", "--path", str(app), "--buildpack",
+                    str(BUILDPACKS / buildpack), scratch=warm_scratch, check=False)
+    assert proc.returncode == code, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ocibuild: error:") and message in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "index.json").exists() or json.loads(
+        (tmp_path / "out" / "index.json").read_text())["manifests"] == []
+    assert blobs(layout) == before_blobs
+    assert snapshot(layout) == before
+    assert not any((warm_scratch / "work").iterdir())
+    assert_no_ephemeral_left(warm_scratch)
+
+
+def test_rebuild_is_reproducible_reuses_cache_and_uploads_nothing(tmp_path: Path, app: Path) -> None:
+    scratch = tmp_path / "scratch"
+    args = (f"oci:{tmp_path}/out:app", "--buildpack", str(BUILDPACKS / "greeter"), "--buildpack", PROCFILE)
+    first = build_json(*args, scratch=scratch, app=app)
+    proc = ocibuild("build", *args, "--path", str(app), "--json", scratch=scratch)
+    second = json.loads(proc.stdout)
+    assert second["digest"] == first["digest"]
+    assert second["uploaded"] == 0
+    assert "greeter: cache restored (built-once)" in proc.stderr
+    # A different scratch dir (a different machine) gives the same image too.
+    third = build_json(f"oci:{tmp_path}/other:app", "--buildpack", str(BUILDPACKS / "greeter"), "--buildpack",
+                       PROCFILE, scratch=tmp_path / "scratch2", app=app)
+    assert third["digest"] == first["digest"]
+
+
+def _podman(*args: str) -> subprocess.CompletedProcess[str]:
+    podman = require_tool("podman")
+    return subprocess.run([podman, *args], capture_output=True, text=True, timeout=180)
+
+
+def test_build_to_registry_then_run_with_podman(tmp_path: Path, app: Path, registry, fresh_repo: str) -> None:
+    scratch = tmp_path / "scratch"
+    image = f"{fresh_repo}:1"
+    proc = ocibuild("--registry", registry.host, "build", image, "--path", str(app), "--buildpack",
+                    str(BUILDPACKS / "greeter"), "--buildpack", PROCFILE, "--json", scratch=scratch)
+    digest = json.loads(proc.stdout)["digest"]
+    ref = f"{registry.host}/{fresh_repo}@{digest}"
+    run = ["run", "--rm", "--runtime", "runc", "--network", "none", "--ulimit", "nofile=1024:1024",
+           "--ulimit", "nproc=4096:4096", "--tls-verify=false"]
+    try:
+        web = _podman(*run, ref)
+        assert web.returncode == 0, web.stderr
+        assert web.stdout.strip().splitlines()[-1] == \
+            "Hello from ocibuild! built by procfile, greeting=from-greeter"
+        worker = _podman(*run, "--entrypoint", "/cnb/process/worker", ref)
+        assert worker.returncode == 0, worker.stderr
+        assert worker.stdout.strip().splitlines()[-1] == "worker process running in /workspace"
+    finally:
+        _podman("rmi", "-f", ref)
+    assert_no_ephemeral_left(scratch)
