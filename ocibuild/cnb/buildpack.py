@@ -17,6 +17,7 @@ what distribution needs (info, api, stacks, targets, order).
 
 from __future__ import annotations
 
+
 import contextlib
 import gzip
 import hashlib
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
+from ocibuild.cnb.descriptor import escape_id
 from ocibuild.cnb.errors import DescriptorError
 from ocibuild.errors import ManifestError, NotFound, UsageError
 from ocibuild.oci import mediatype as mt
@@ -46,9 +48,6 @@ _CHUNK = 1 << 20
 _EXEC_NAMES = frozenset({"bin/build", "bin/detect", "bin/generate"})
 
 
-def escape_id(buildpack_id: str) -> str:
-    """pack's ``EscapedID``: only ``/`` is replaced."""
-    return buildpack_id.replace("/", "_")
 
 
 # ---------------------------------------------------------------------------------------------

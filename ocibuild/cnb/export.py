@@ -9,6 +9,7 @@ blob the target already holds is never uploaded again.
 
 from __future__ import annotations
 
+
 import glob
 import os
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import tomli_w
 
+from ocibuild.cnb.descriptor import escape_id
 from ocibuild.cnb.errors import CNBError
 from ocibuild.cnb.launcher import PROCESS_TABLE_NAME, LaunchProcess, launcher_bytes, render_process_table
 from ocibuild.errors import ManifestError, UsageError
@@ -45,8 +47,6 @@ class ExportError(CNBError):
     exit_code = 62
 
 
-def escape_id(bp_id: str) -> str:
-    return bp_id.replace("/", "_")
 
 
 # -- what the build phase left ------------------------------------------------------------------
