@@ -165,3 +165,27 @@ def test_build_to_registry_then_run_with_podman(tmp_path: Path, app: Path, regis
     finally:
         _podman("rmi", "-f", ref)
     assert_no_ephemeral_left(scratch)
+
+
+def test_project_toml_filters_the_app_sets_env_and_labels(tmp_path: Path, app: Path) -> None:
+    (app / "debug.log").write_text("not part of the image\n")
+    (app / "project.toml").write_text(
+        '[_]\nschema-version = "0.2"\nversion = "2.0.0"\n\n[io.buildpacks]\nexclude = ["*.log"]\n\n'
+        '[[io.buildpacks.group]]\nid = "ocibuild/procfile"\nversion = "0.1.0"\n\n'
+        '[[io.buildpacks.build.env]]\nname = "FROM_PROJECT"\nvalue = "yes"\n'
+    )
+    scratch = tmp_path / "scratch"
+    out = build_json(f"oci:{tmp_path}/out:app", "--workspace", "/srv/app", scratch=scratch, app=app)
+    assert out["group"] == [PROCFILE]
+    assert out["ephemeral_builder"], "project env and group make an ephemeral builder, as in pack"
+    config = json.loads(ocibuild("config", f"oci:{tmp_path}/out:app", scratch=scratch).stdout)
+    labels = config["config"]["Labels"]
+    assert json.loads(labels["io.buildpacks.project.metadata"]) == {
+        "source": {"type": "project", "version": {"declared": "2.0.0"}, "metadata": {}}}
+    assert config["config"]["WorkingDir"] == "/srv/app"
+    bundle = tmp_path / "unpacked"
+    ocibuild("unpack", f"oci:{tmp_path}/out:app", str(bundle), scratch=scratch)
+    assert (bundle / "srv" / "app" / "Procfile").is_file()
+    assert not (bundle / "srv" / "app" / "debug.log").exists()
+    assert (app / "debug.log").exists(), "the user's app directory is never modified"
+    assert_no_ephemeral_left(scratch)

@@ -48,6 +48,9 @@ class BuildOptions:
     platform: Platform | None = None
     sbom_output_dir: Path | None = None
     scratch: Path | None = None
+    descriptor: Path | None = None  # project.toml; default: <path>/project.toml when present
+    layers_dir: str = "/layers"  # where buildpacks (and the image) see the layers
+    workspace: str = "/workspace"  # where buildpacks (and the image) see the app
     default_registry: str | None = None
     registry_options: Any = None
 
@@ -106,8 +109,7 @@ def _open(text: str, opts: BuildOptions, *, for_write: bool = False):  # noqa: A
 
 def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) -> BuildOutcome:
     from ocibuild.cnb.builder import open_builder
-    from ocibuild.cnb.buildpack import load_buildpacks
-    from ocibuild.cnb.compose import compose_builder, parse_order
+    from ocibuild.cnb.compose import compose_builder
     from ocibuild.cnb.defaults import DEFAULT_BUILDER, ensure_default_builder
 
     phases = _Phases(say)
@@ -128,31 +130,14 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
                                                                        platform=opts.platform))
         original_digest = builder.digest
 
-        extra: list[Any] = []
-        for source in opts.buildpacks:
-            if "@" in source and not os.path.exists(source) and ":" not in source.split("@", 1)[0]:
-                continue  # id@version on the builder: nothing to fetch
-            extra += load_buildpacks(source, platform=opts.platform, options=opts.registry_options)
-        order = None
-        if opts.buildpacks:
-            ids = [s if ("@" in s and not os.path.exists(s)) else None for s in opts.buildpacks]
-            members = []
-            fetched = iter(b for b in extra)
-            for s, as_id in zip(opts.buildpacks, ids):
-                if as_id is not None:
-                    members.append(as_id)
-                else:
-                    bp = next(fetched)
-                    members.append(f"{bp.id}@{bp.version}")
-                    # skip the dependencies this source brought (they follow it in `extra`)
-                    for _ in range(_dependency_count(bp, extra)):
-                        next(fetched, None)
-            order = parse_order([members])
+        project = _project(opts, app)
+        env = {**project.env, **opts.env}  # pack: --env overrides project.toml
+        extra, order = _requested_buildpacks(opts.buildpacks or project.buildpacks, opts)
         composed = phases.run("composing builder", lambda: compose_builder(
             builder,
             buildpacks=extra,
             order=order,
-            env=dict(opts.env),
+            env=env,
             run_image=opts.run_image,
             scratch_store=scratch_store,
             before_publish=lease.publish_hook(scratch_store, ROLE_EPHEMERAL_BUILDER, ephemeral=True),
@@ -176,9 +161,9 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         platform_dir = work / "platform"
         layers.mkdir()
         (platform_dir / "env").mkdir(parents=True)
-        for key in sorted(opts.env):
-            (platform_dir / "env" / key).write_text(opts.env[key])
-        shutil.copytree(app, workspace, symlinks=True)
+        for key in sorted(env):
+            (platform_dir / "env" / key).write_text(env[key])
+        _copy_app(app, workspace, project)
         run_name = opts.run_image or (composed_run_image(composed) or "")
         if run_image_store is not None and not opts.run_image:
             run_store, run_id = run_image_store, run_tag
@@ -186,8 +171,10 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
             if not run_name:
                 raise UsageError(f"builder {builder.name} names no run image: pass --run-image")
             run_store, run_id = _open(run_name, opts)
-        target = _target_of(run_store, run_id or "latest", opts.platform)
-        sandbox = _sandbox(layers, workspace, platform_dir, bp_dir)
+        run_id = _platform_manifest(run_store, run_id or "latest", opts.platform)
+        target = _target_of(run_store, run_id)
+        sandbox = _sandbox({layers: opts.layers_dir, workspace: opts.workspace, platform_dir: "/platform",
+                            bp_dir: "/cnb/buildpacks"})
         detected = phases.run("detecting", lambda: _detect(group_order, bp_dir, workspace, platform_dir, target,
                                                             sandbox))
         group_names = tuple(f"{e.id}@{e.version}" for e in detected.group)
@@ -202,7 +189,8 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         cache = _cache(opts, scratch, target_store)
         group_bps = [GroupBuildpack(e.id, e.version, str(e.api or "0.10"), e.homepage or "") for e in detected.group]
         if not opts.clear_cache:
-            phases.run("restoring", lambda: restore(cache, layers, group_bps, previous=previous))
+            phases.run("restoring", lambda: restore(cache, layers, group_bps, previous=previous,
+                                                    image_layers_dir=opts.layers_dir))
 
         from ocibuild.cnb.build import build as run_build
 
@@ -216,14 +204,16 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
             layers_dir=layers, app_dir=workspace, uid=builder.uid or 1000, gid=builder.gid or 1000,
             default_process=opts.default_process, creation_time=opts.creation_time,
             tmp_dir=getattr(target_store, "tmp_dir", None) or work, extra_tags=tuple(opts.tags),
+            project_metadata=project.metadata_label, image_layers_dir=opts.layers_dir,
+            image_app_dir=opts.workspace,
         )
         result = phases.run("exporting", lambda: export(
-            target_store, target_id, RunImage(run_store, run_id or "latest", run_name or run_id), export_opts,
+            target_store, target_id, RunImage(run_store, run_id, run_name or run_id), export_opts,
             previous=previous))
         _record_app_image(lease, target_store, result)
         if cache is not None:
-            phases.run("caching", lambda: cache.save(layers, uid=export_opts.uid, gid=export_opts.gid,
-                                                     tmp_dir=work))
+            phases.run("caching", lambda: cache.save(layers, image_layers_dir=opts.layers_dir, uid=export_opts.uid,
+                                                     gid=export_opts.gid, tmp_dir=work))
         if opts.sbom_output_dir is not None and (layers / "sbom").is_dir():
             shutil.copytree(layers / "sbom", opts.sbom_output_dir, dirs_exist_ok=True)
         return BuildOutcome(
@@ -235,16 +225,57 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _dependency_count(bp: Any, fetched: list[Any]) -> int:
-    """How many buildpacks after ``bp`` in ``fetched`` are its composite dependencies."""
-    if not getattr(bp, "order", None):
-        return 0
-    names = {f"{m.id}@{m.version}" for group in bp.order for m in group}
-    i = fetched.index(bp) + 1
-    n = 0
-    while i < len(fetched) and f"{fetched[i].id}@{fetched[i].version}" in names:
-        n, i = n + 1, i + 1
-    return n
+def _project(opts: BuildOptions, app: Path) -> Any:
+    from ocibuild.cnb.project import Project, load_project
+
+    path = opts.descriptor if opts.descriptor is not None else app / "project.toml"
+    if opts.descriptor is None and not path.is_file():
+        return Project()
+    return load_project(Path(path))
+
+
+def _is_builder_ref(source: str) -> bool:
+    """``id@version`` (or a bare id) of a buildpack already on the builder, as opposed to a path or image."""
+    return not os.path.exists(source) and "/" not in source.split("@", 1)[-1] and ":" not in source \
+        and not source.endswith((".tgz", ".cnb", ".tar"))
+
+
+def _requested_buildpacks(sources: tuple[str, ...], opts: BuildOptions) -> tuple[list[Any], Any]:
+    """pack's ``--buildpack``: one group, in the order given; sources that are not on the builder
+    are fetched (a composite brings its dependencies, which are added but not put in the group)."""
+    from ocibuild.cnb.buildpack import load_buildpacks
+    from ocibuild.cnb.compose import parse_order
+
+    if not sources:
+        return [], None
+    extra: list[Any] = []
+    members: list[str] = []
+    for source in sources:
+        if _is_builder_ref(source):
+            members.append(source)
+            continue
+        loaded = load_buildpacks(source, platform=opts.platform, options=opts.registry_options)
+        members.append(f"{loaded[0].id}@{loaded[0].version}")
+        extra += loaded
+    return extra, parse_order([members])
+
+
+def _copy_app(app: Path, workspace: Path, project: Any) -> None:
+    """The app as buildpacks see it: the user's directory (never modified), filtered by project.toml."""
+    if not project.include and not project.exclude:
+        shutil.copytree(app, workspace, symlinks=True)
+        return
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        rel_dir = os.path.relpath(directory, app)
+        skipped = set()
+        for name in names:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if not project.includes(rel, os.path.isdir(os.path.join(directory, name))):
+                skipped.add(name)
+        return skipped
+
+    shutil.copytree(app, workspace, symlinks=True, ignore=ignore)
 
 
 def composed_run_image(composed: Any) -> str | None:
@@ -324,14 +355,29 @@ def _extract_buildpacks(order: Any, composed: Any, builder_store: Any, scratch_s
     return count
 
 
-def _target_of(store: Any, identifier: str, platform: Platform | None) -> Any:
-    from ocibuild.cnb.descriptor import Target
+def _platform_manifest(store: Any, identifier: str, platform: Platform | None) -> str:
+    """A run image given as an index becomes the digest of its manifest for ``platform`` (default: the host's)."""
+    from ocibuild.errors import ManifestError
     from ocibuild.oci.manifest import Index
+    from ocibuild.store.base import load_manifest
+
+    _, manifest = load_manifest(store, identifier)
+    if not isinstance(manifest, Index):
+        return identifier
+    from ocibuild.cnb.buildpack import host_platform
+
+    want = platform or host_platform()
+    entry = manifest.select(want)
+    if entry is None:
+        raise ManifestError(f"run image {identifier} has no manifest for {want}")
+    return str(entry.digest)
+
+
+def _target_of(store: Any, identifier: str) -> Any:
+    from ocibuild.cnb.descriptor import Target
     from ocibuild.store.base import load_config, load_manifest
 
     _, manifest = load_manifest(store, identifier)
-    if isinstance(manifest, Index):
-        return Target(os=platform.os if platform else "linux", arch=platform.architecture if platform else "amd64")
     config = load_config(store, manifest.config)
     labels = config.labels
     return Target(os=config.os or "linux", arch=config.architecture or "amd64",
@@ -340,11 +386,10 @@ def _target_of(store: Any, identifier: str, platform: Platform | None) -> Any:
                   distro_version=labels.get("io.buildpacks.base.distro.version", ""))
 
 
-def _sandbox(layers: Path, workspace: Path, platform_dir: Path, bp_dir: Path) -> Any:
+def _sandbox(mounts: Mapping[Path, str]) -> Any:
     from ocibuild.cnb.sandbox import prepare_sandbox
 
-    return prepare_sandbox({layers: "/layers", workspace: "/workspace", platform_dir: "/platform",
-                            bp_dir: "/cnb/buildpacks"})
+    return prepare_sandbox(mounts)
 
 
 def _detect(order: Any, bp_dir: Path, workspace: Path, platform_dir: Path, target: Any, sandbox: Any) -> Any:

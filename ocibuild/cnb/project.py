@@ -1,0 +1,119 @@
+"""project.toml (project descriptor, schema 0.1 and 0.2): what pack reads before a build.
+
+What ocibuild takes from it: the files that make up the app (``include`` / ``exclude``, gitignore
+patterns), build-time env, the buildpack group, and the ``io.buildpacks.project.metadata`` label.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ocibuild.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Project:
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    buildpacks: tuple[str, ...] = ()  # id@version, or a uri
+    metadata_label: Mapping[str, Any] = field(default_factory=dict)
+
+    def includes(self, rel_path: str, is_dir: bool) -> bool:
+        """Whether an app-relative path belongs to the app (pack: include wins over exclude; only one may be set)."""
+        if self.include:
+            return is_dir or _matches(self.include, rel_path, is_dir)
+        return not _matches(self.exclude, rel_path, is_dir)
+
+
+def _pattern_regex(pattern: str) -> tuple[re.Pattern[str], re.Pattern[str], bool]:
+    """A gitignore pattern as regexes over '/'-separated relative paths: the path itself, anything
+    below it, and whether the pattern names directories only (a trailing ``/``)."""
+    dir_only = pattern.endswith("/")
+    pattern = pattern.rstrip("/")
+    anchored = pattern.startswith("/") or "/" in pattern
+    pattern = pattern.lstrip("/")
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    body = "".join(out)
+    prefix = "" if anchored else "(?:.*/)?"
+    return re.compile(f"^{prefix}{body}$"), re.compile(f"^{prefix}{body}/.*$"), dir_only
+
+
+def _matches(patterns: tuple[str, ...], rel_path: str, is_dir: bool) -> bool:
+    matched = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        exact, below, dir_only = _pattern_regex(raw[1:] if negate else raw)
+        if below.match(rel_path) or (exact.match(rel_path) and (is_dir or not dir_only)):
+            matched = not negate
+    return matched
+
+
+def load_project(path: Path) -> Project:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read project descriptor {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    if "_" in doc or "io" in doc:  # schema 0.2
+        meta = doc.get("_") or {}
+        build = (doc.get("io") or {}).get("buildpacks") or {}
+        groups = build.get("group") or []
+        env_tables = (build.get("build") or {}).get("env") or []
+        source_url = meta.get("source-url", "")
+        version = meta.get("version", "")
+    else:  # schema 0.1
+        meta = doc.get("project") or {}
+        build = doc.get("build") or {}
+        groups = build.get("buildpacks") or []
+        env_tables = build.get("env") or []
+        source_url = meta.get("source-url", "")
+        version = meta.get("version", "")
+    include, exclude = build.get("include") or [], build.get("exclude") or []
+    for name, value in (("include", include), ("exclude", exclude)):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{path}: {name} must be a list of strings")
+    if include and exclude:
+        raise UsageError(f"{path}: project.toml may set include or exclude, not both")
+    env: dict[str, str] = {}
+    for table in env_tables:
+        if not isinstance(table, dict) or not isinstance(table.get("name"), str):
+            raise UsageError(f"{path}: every build env entry needs a name")
+        env[table["name"]] = str(table.get("value", ""))
+    buildpacks = []
+    for table in groups:
+        if not isinstance(table, dict):
+            raise UsageError(f"{path}: buildpack entries must be tables")
+        if table.get("uri"):
+            buildpacks.append(str(table["uri"]))
+        elif table.get("id"):
+            buildpacks.append(f"{table['id']}@{table['version']}" if table.get("version") else str(table["id"]))
+        else:
+            raise UsageError(f"{path}: a buildpack entry needs an id or a uri")
+    label: dict[str, Any] = {}
+    if version or source_url:
+        label = {"source": {"type": "project", "version": {"declared": version} if version else {},
+                            "metadata": {"url": source_url} if source_url else {}}}
+    return Project(tuple(include), tuple(exclude), env, tuple(buildpacks), label)
