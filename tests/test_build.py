@@ -133,6 +133,9 @@ def test_rebuild_is_reproducible_reuses_cache_and_uploads_nothing(tmp_path: Path
     second = json.loads(proc.stdout)
     assert second["digest"] == first["digest"]
     assert second["uploaded"] == 0
+    rows = json.loads(ocibuild("ledger", "--role", "app-image", "--json", scratch=scratch).stdout)
+    rows = rows.get("objects", rows) if isinstance(rows, dict) else rows
+    assert [(r["digest"], r["location"]) for r in rows] == [(first["digest"], str(tmp_path / "out"))]
     assert "greeter: cache restored (built-once)" in proc.stderr
     # A different scratch dir (a different machine) gives the same image too.
     third = build_json(f"oci:{tmp_path}/other:app", "--buildpack", str(BUILDPACKS / "greeter"), "--buildpack",

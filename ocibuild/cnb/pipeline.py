@@ -207,10 +207,10 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
             project_metadata=project.metadata_label, image_layers_dir=opts.layers_dir,
             image_app_dir=opts.workspace,
         )
+        recorded = _Recorded(target_store, lease)
         result = phases.run("exporting", lambda: export(
-            target_store, target_id, RunImage(run_store, run_id, run_name or run_id), export_opts,
+            recorded, target_id, RunImage(run_store, run_id, run_name or run_id), export_opts,
             previous=previous))
-        _record_app_image(lease, target_store, result)
         if cache is not None:
             phases.run("caching", lambda: cache.save(layers, image_layers_dir=opts.layers_dir, uid=export_opts.uid,
                                                      gid=export_opts.gid, tmp_dir=work))
@@ -427,16 +427,44 @@ def _cache(opts: BuildOptions, scratch: Any, target_store: Any) -> Any:
     return DirCache(scratch.cache_path / key)
 
 
-def _record_app_image(lease: Any, store: Any, result: Any) -> None:
-    """The ledger row for every digest the export created (not ephemeral: the user asked for it)."""
-    from ocibuild.ledger.scratch import layout_location
+class _Recorded:
+    """The export target with a ledger row written before each blob or manifest becomes visible there.
 
-    location = layout_location(store.path) if hasattr(store, "path") else f"{store.registry}/{store.repository}"
-    lease.ledger.record(result.descriptor, location=location, lease_id=lease.id, role=ROLE_APP_IMAGE,
-                        ephemeral=False)
-    lease.ledger.record(result.config.descriptor(), location=location, lease_id=lease.id, role="config",
-                        ephemeral=False)
-    for layer in result.layers:
-        desc = getattr(layer, "descriptor", None)
-        if desc is not None:
-            lease.ledger.record(desc, location=location, lease_id=lease.id, role="layer", ephemeral=False)
+    Everything else is delegated, so the copy code still sees a layout or a registry repository
+    (``registry``, ``mount_blob``, ``tmp_dir``...). Rows are not ephemeral: the user asked for the image.
+    """
+
+    def __init__(self, store: Any, lease: Any):
+        from ocibuild.ledger.scratch import layout_location
+
+        self._store = store
+        self._lease = lease
+        self._location = layout_location(store.path) if hasattr(store, "path") \
+            else f"{store.registry}/{store.repository}"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def _record(self, desc: Any) -> None:
+        from ocibuild.oci import mediatype as mt
+
+        role = ROLE_APP_IMAGE if mt.is_manifest_like(desc.media_type) else (
+            "config" if desc.media_type in mt.CONFIG_TYPES else "layer")
+        self._lease.ledger.record(desc, location=self._location, lease_id=self._lease.id, role=role,
+                                  ephemeral=False)
+
+    def put_blob(self, desc: Any, stream: Any, *args: Any, **kwargs: Any) -> Any:
+        self._record(desc)
+        return self._store.put_blob(desc, stream, *args, **kwargs)
+
+    def put_blob_file(self, desc: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+        self._record(desc)
+        return self._store.put_blob_file(desc, path, *args, **kwargs)
+
+    def put_manifest(self, desc: Any, raw: bytes, *args: Any, **kwargs: Any) -> Any:
+        self._record(desc)
+        return self._store.put_manifest(desc, raw, *args, **kwargs)
+
+    def mount_blob(self, desc: Any, from_repository: str) -> bool:
+        self._record(desc)
+        return self._store.mount_blob(desc, from_repository)
