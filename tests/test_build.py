@@ -192,3 +192,56 @@ def test_project_toml_filters_the_app_sets_env_and_labels(tmp_path: Path, app: P
     assert not (bundle / "srv" / "app" / "debug.log").exists()
     assert (app / "debug.log").exists(), "the user's app directory is never modified"
     assert_no_ephemeral_left(scratch)
+
+
+def _lifecycle_tgz(path: Path, launcher: bytes) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        def add(name: str, data: bytes, mode: int = 0o755) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+        add("lifecycle.toml", b'[apis.buildpack]\nsupported = ["0.10"]\n[apis.platform]\nsupported = ["0.12"]\n'
+                              b'[lifecycle]\nversion = "0.99.0"\n', 0o644)
+        for binary in ("detector", "analyzer", "restorer", "builder", "exporter", "creator"):
+            add(f"lifecycle/{binary}", b"#!/bin/sh\nexit 1\n")
+        add("lifecycle/launcher", launcher)
+    return path
+
+
+def test_the_builders_own_launcher_is_used_when_it_has_a_lifecycle(tmp_path: Path, app: Path,
+                                                                     warm_scratch: Path) -> None:
+    from ocibuild.cnb.defaults import BUILD_TAG, RUN_TAG, default_buildpacks_dir
+    from ocibuild.cnb.launcher import launcher_bytes
+
+    scratch_layout = warm_scratch / "layout"
+    launcher = b"#!/bin/sh\n# the builder's own lifecycle launcher (a stand-in)\nexec \"$@\"\n"
+    (tmp_path / "builder.toml").write_text(f"""
+[[buildpacks]]
+uri = "{default_buildpacks_dir() / 'procfile'}"
+
+[[order]]
+[[order.group]]
+id = "ocibuild/procfile"
+
+[build]
+image = "oci:{scratch_layout}:{BUILD_TAG}"
+
+[[run.images]]
+image = "oci:{scratch_layout}:{RUN_TAG}"
+
+[lifecycle]
+uri = "{_lifecycle_tgz(tmp_path / 'lifecycle.tgz', launcher)}"
+""")
+    ocibuild("builder", "create", "--config", str(tmp_path / "builder.toml"), "--tag",
+             f"oci:{tmp_path}/builder:b1", scratch=warm_scratch)
+    for name, builder, expected in (("own", f"oci:{tmp_path}/builder:b1", launcher),
+                                    ("default", None, launcher_bytes())):
+        args = ("--builder", builder) if builder else ()
+        build_json(f"oci:{tmp_path}/out-{name}:app", *args, scratch=warm_scratch, app=app)
+        bundle = tmp_path / f"unpacked-{name}"
+        ocibuild("unpack", f"oci:{tmp_path}/out-{name}:app", str(bundle), scratch=warm_scratch)
+        assert (bundle / "cnb" / "lifecycle" / "launcher").read_bytes() == expected, name
+        assert os.readlink(bundle / "cnb" / "process" / "web") == "/cnb/lifecycle/launcher"

@@ -200,8 +200,10 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         # 4. Export, then cache.
         from ocibuild.cnb.export import ExportOptions, RunImage, export
 
+        launcher = phases.run("finding launcher", lambda: _builder_launcher(
+            composed, builder_store, scratch_store, work / "launcher"))
         export_opts = ExportOptions(
-            layers_dir=layers, app_dir=workspace, uid=builder.uid or 1000, gid=builder.gid or 1000,
+            launcher=launcher, layers_dir=layers, app_dir=workspace, uid=builder.uid or 1000, gid=builder.gid or 1000,
             default_process=opts.default_process, creation_time=opts.creation_time,
             tmp_dir=getattr(target_store, "tmp_dir", None) or work, extra_tags=tuple(opts.tags),
             project_metadata=project.metadata_label, image_layers_dir=opts.layers_dir,
@@ -353,6 +355,56 @@ def _extract_buildpacks(order: Any, composed: Any, builder_store: Any, scratch_s
             count += safe_extract(stream, dest, "cnb/buildpacks/")
             stream.read()  # drain to EOF so the digest is verified
     return count
+
+
+LAUNCHER_IN_LAYER = "cnb/lifecycle/launcher"
+_MAX_LAUNCHER_SCAN = 8  # non-buildpack layers looked at, from the top, before giving up
+_MAX_LAUNCHER_LAYER = 256 << 20
+
+
+def _builder_launcher(composed: Any, builder_store: Any, scratch_store: Any, dest: Path) -> Path | None:
+    """The builder's ``/cnb/lifecycle/launcher``, extracted to ``dest``; None when it has no lifecycle.
+
+    pack puts the lifecycle layer just below the buildpack layers, which sit below small
+    order/stack/run/env layers, so a top-down scan that skips buildpack layers reaches it after a
+    few small layers; base-image layers are never read.
+    """
+    import tarfile
+
+    from ocibuild.cnb.builder import builder_from_parts
+    from ocibuild.layer.compress import decompressor
+    from ocibuild.oci import mediatype as mt
+
+    b = builder_from_parts("builder", composed.descriptor, composed.manifest, composed.config)
+    if not b.metadata.lifecycle_version:
+        return None
+    buildpack_layers = {str(info.get("layerDiffID")) for versions in b.buildpack_layers.values()
+                        for info in versions.values()}
+    pairs = list(zip((str(d) for d in composed.config.diff_ids), composed.manifest.layers))
+    scanned = 0
+    for diff_id, desc in reversed(pairs):
+        if diff_id in buildpack_layers:
+            continue
+        if scanned == _MAX_LAUNCHER_SCAN or desc.size > _MAX_LAUNCHER_LAYER:
+            return None
+        scanned += 1
+        store = scratch_store if scratch_store.has_blob(desc) else builder_store
+        found = False
+        with store.open_blob(desc) as blob:
+            stream = decompressor(blob, mt.compression_of(desc.media_type))
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for info in tar:
+                    if info.isreg() and info.name.lstrip("./").lstrip("/") == LAUNCHER_IN_LAYER:
+                        with open(dest, "wb") as out:
+                            shutil.copyfileobj(tar.extractfile(info), out, 1 << 20)  # type: ignore[arg-type]
+                        dest.chmod(0o755)
+                        found = True
+                        break
+            while stream.read(1 << 20):  # to EOF, where the blob's digest is verified
+                pass
+        if found:
+            return dest
+    return None
 
 
 def _platform_manifest(store: Any, identifier: str, platform: Platform | None) -> str:
