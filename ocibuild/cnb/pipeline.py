@@ -108,7 +108,7 @@ def _open(text: str, opts: BuildOptions, *, for_write: bool = False):  # noqa: A
 
 
 def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) -> BuildOutcome:
-    from ocibuild.cnb.builder import open_builder
+    from ocibuild.cnb.builder import builder_from_parts, open_builder
     from ocibuild.cnb.compose import compose_builder
     from ocibuild.cnb.defaults import DEFAULT_BUILDER, ensure_default_builder
 
@@ -151,9 +151,12 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         # 2. Only the buildpacks the order needs, from the (composed) builder's layers.
         bp_dir = work / "cnb" / "buildpacks"
         bp_dir.mkdir(parents=True)
-        group_order = _effective_order(composed, builder)
+        # The builder the build really uses: parsed once from what compose wrote.
+        effective = builder_from_parts(builder.name, composed.descriptor, composed.manifest, composed.config,
+                                       store=builder_store) if composed.ephemeral else builder
+        group_order = _effective_order(effective)
         phases.run("extracting buildpacks", lambda: _extract_buildpacks(
-            group_order, composed, builder_store, scratch_store, bp_dir))
+            group_order, effective, scratch_store, bp_dir))
 
         # 3. Detect, restore, build.
         layers = work / "layers"
@@ -164,7 +167,7 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         for key in sorted(env):
             (platform_dir / "env" / key).write_text(env[key])
         _copy_app(app, workspace, project)
-        run_name = opts.run_image or (composed_run_image(composed) or "")
+        run_name = opts.run_image or next((r.image for r in effective.run_images), "")
         if run_image_store is not None and not opts.run_image:
             run_store, run_id = run_image_store, run_tag
         else:
@@ -201,7 +204,7 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         from ocibuild.cnb.export import ExportOptions, RunImage, export
 
         launcher = phases.run("finding launcher", lambda: _builder_launcher(
-            composed, builder_store, scratch_store, work / "launcher"))
+            effective, scratch_store, work / "launcher"))
         export_opts = ExportOptions(
             launcher=launcher, layers_dir=layers, app_dir=workspace, uid=builder.uid or 1000, gid=builder.gid or 1000,
             default_process=opts.default_process, creation_time=opts.creation_time,
@@ -280,22 +283,11 @@ def _copy_app(app: Path, workspace: Path, project: Any) -> None:
     shutil.copytree(app, workspace, symlinks=True, ignore=ignore)
 
 
-def composed_run_image(composed: Any) -> str | None:
-    from ocibuild.cnb.builder import builder_from_parts
-
-    b = builder_from_parts("builder", composed.descriptor, composed.manifest, composed.config)
-    runs = b.run_images
-    return runs[0].image if runs else None
-
-
-def _effective_order(composed: Any, builder: Any) -> Any:
+def _effective_order(b: Any) -> Any:
     """The order the lifecycle will use, as ``descriptor.Order`` (detect's model)."""
-    from ocibuild.cnb.builder import builder_from_parts
     from ocibuild.cnb.buildpack import order_to_json
     from ocibuild.cnb.descriptor import parse_order
 
-    b = builder_from_parts("builder", composed.descriptor, composed.manifest, composed.config) \
-        if composed.ephemeral else builder
     layers_md = b.buildpack_layers
     groups = []
     for group in order_to_json(b.order):
@@ -334,22 +326,20 @@ def _layers_for(order: Any, layers_md: Mapping[str, Any]) -> set[str]:
     return need
 
 
-def _extract_buildpacks(order: Any, composed: Any, builder_store: Any, scratch_store: Any, dest: Path) -> int:
+def _extract_buildpacks(order: Any, b: Any, scratch_store: Any, dest: Path) -> int:
     """Fetch and unpack just the layers holding the buildpacks ``order`` needs (safe extraction)."""
-    from ocibuild.cnb.builder import builder_from_parts
     from ocibuild.layer.compress import decompressor
     from ocibuild.layer.extract import safe_extract
     from ocibuild.oci import mediatype as mt
 
-    b = builder_from_parts("builder", composed.descriptor, composed.manifest, composed.config)
     wanted = _layers_for(order, b.buildpack_layers)
-    by_diff = dict(zip((str(d) for d in composed.config.diff_ids), composed.manifest.layers))
+    by_diff = dict(zip((str(d) for d in b.config.diff_ids), b.manifest.layers))
     count = 0
     for diff_id in sorted(wanted):
         desc = by_diff.get(diff_id)
         if desc is None:
             raise BuildpackNotFound(f"builder has no layer with diffID {diff_id}")
-        store = scratch_store if scratch_store.has_blob(desc) else builder_store
+        store = scratch_store if scratch_store.has_blob(desc) else b.store
         with store.open_blob(desc) as blob:
             stream = decompressor(blob, mt.compression_of(desc.media_type))
             count += safe_extract(stream, dest, "cnb/buildpacks/")
@@ -362,7 +352,7 @@ _MAX_LAUNCHER_SCAN = 8  # non-buildpack layers looked at, from the top, before g
 _MAX_LAUNCHER_LAYER = 256 << 20
 
 
-def _builder_launcher(composed: Any, builder_store: Any, scratch_store: Any, dest: Path) -> Path | None:
+def _builder_launcher(b: Any, scratch_store: Any, dest: Path) -> Path | None:
     """The builder's ``/cnb/lifecycle/launcher``, extracted to ``dest``; None when it has no lifecycle.
 
     pack puts the lifecycle layer just below the buildpack layers, which sit below small
@@ -371,16 +361,14 @@ def _builder_launcher(composed: Any, builder_store: Any, scratch_store: Any, des
     """
     import tarfile
 
-    from ocibuild.cnb.builder import builder_from_parts
     from ocibuild.layer.compress import decompressor
     from ocibuild.oci import mediatype as mt
 
-    b = builder_from_parts("builder", composed.descriptor, composed.manifest, composed.config)
     if not b.metadata.lifecycle_version:
         return None
     buildpack_layers = {str(info.get("layerDiffID")) for versions in b.buildpack_layers.values()
                         for info in versions.values()}
-    pairs = list(zip((str(d) for d in composed.config.diff_ids), composed.manifest.layers))
+    pairs = list(zip((str(d) for d in b.config.diff_ids), b.manifest.layers))
     scanned = 0
     for diff_id, desc in reversed(pairs):
         if diff_id in buildpack_layers:
@@ -388,7 +376,7 @@ def _builder_launcher(composed: Any, builder_store: Any, scratch_store: Any, des
         if scanned == _MAX_LAUNCHER_SCAN or desc.size > _MAX_LAUNCHER_LAYER:
             return None
         scanned += 1
-        store = scratch_store if scratch_store.has_blob(desc) else builder_store
+        store = scratch_store if scratch_store.has_blob(desc) else b.store
         found = False
         with store.open_blob(desc) as blob:
             stream = decompressor(blob, mt.compression_of(desc.media_type))
