@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from ocibuild.cli.builder import register
-from ocibuild.cnb.buildpack import ModuleRef
+from ocibuild.cnb.descriptor import Group, GroupElement, Order
 from ocibuild.cnb.builder import InvalidBuilder, RunImage, inspect_builder, open_builder
 from ocibuild.cnb.compose import compose_builder
 from ocibuild.errors import UsageError
@@ -29,7 +29,7 @@ def test_open_builder_parses_labels(tmp_path: Path) -> None:
     b = open_builder(LayoutStore(info.layout), "builder")
     assert str(b.digest) == info.manifest.digest and b.descriptor.size == info.manifest.size
     assert (b.uid, b.gid, b.stack_id, b.mixins) == (1000, 1001, "io.buildpacks.stacks.jammy", ("build:git",))
-    assert b.order == ((ModuleRef("example/base", "1.0.0"),),)
+    assert b.order == Order((Group((GroupElement("example/base", "1.0.0"),)),))
     assert b.layer_diff_id("example/base", "1.0.0") == BASE_BP_DIFF_ID and b.has_buildpack("example/base", "1.0.0")
     assert b.run_images == (RunImage("registry.example/run:base", ("mirror.example/run:base",)),)
     assert b.metadata.lifecycle_version == "0.20.1"

@@ -7,11 +7,13 @@ import hashlib
 import io
 import json
 import tarfile
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from ocibuild.cnb.buildpack import Distro, ModuleRef, Target, load_buildpacks, parse_descriptor
+from ocibuild.cnb.buildpack import load_buildpacks
+from ocibuild.cnb.descriptor import Distro, Group, GroupElement, Order, TargetSpec, parse_descriptor
 from ocibuild.cnb.errors import DescriptorError
 from ocibuild.errors import UsageError
 
@@ -37,7 +39,7 @@ def test_directory_source(tmp_path: Path) -> None:
     [bp] = load_buildpacks(HELLO)
     assert (bp.id, bp.version, bp.api, bp.name, bp.homepage) == (
         "example/hello", "0.0.1", "0.10", "Hello", "https://example.com/hello")
-    assert bp.targets == (Target("linux", "amd64", "", (Distro("ubuntu", "22.04"),)),)
+    assert bp.targets == (TargetSpec("linux", "amd64", "", (Distro("ubuntu", "22.04"),)),)
     assert bp.escaped_id == "example_hello" and not bp.is_composite
     entries = _layer_entries(bp, tmp_path)
     assert [(n, m) for n, m, _, _ in entries] == [
@@ -73,7 +75,7 @@ def test_tgz_source_gives_the_same_layer_as_its_directory(tmp_path: Path) -> Non
 def test_composite_directory_brings_its_dependencies() -> None:
     bps = load_buildpacks(BUILDPACKS / "meta")
     assert [bp.full_name for bp in bps] == ["example/meta@1.0.0", "example/dep@1.0.0", "example/hello@0.0.1"]
-    assert bps[0].order == ((ModuleRef("example/dep", "1.0.0"), ModuleRef("example/hello", "0.0.1", True)),)
+    assert bps[0].order == Order((Group((GroupElement("example/dep", "1.0.0"), GroupElement("example/hello", "0.0.1", True))),))
 
 
 def _dist_layer(bp_id: str, version: str, files: dict[str, bytes]) -> dict:
@@ -140,8 +142,8 @@ def test_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         load_buildpacks(tmp_path / "no" / "such" / "dir")
     with pytest.raises(DescriptorError):
-        parse_descriptor('api = "0.10"\n[buildpack]\nid = "x"\n', "x")
+        parse_descriptor(tomllib.loads('api = "0.10"\n[buildpack]\nid = "x"\n'), tmp_path)
     with pytest.raises(DescriptorError):
-        parse_descriptor(
+        parse_descriptor(tomllib.loads(
             'api = "0.10"\n[buildpack]\nid = "x"\nversion = "1"\n[[stacks]]\nid = "*"\n'
-            '[[order]]\n[[order.group]]\nid = "y"\n', "x")
+            '[[order]]\n[[order.group]]\nid = "y"\n'), tmp_path)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from ocibuild.cnb.buildpack import ModuleRef, load_buildpacks
+from ocibuild.cnb.buildpack import load_buildpacks
 from ocibuild.cnb.builder import open_builder
 from ocibuild.cnb.compose import compose_builder
+from ocibuild.cnb.descriptor import Group, GroupElement, Order
 from ocibuild.oci.descriptor import Platform
 from ocibuild.store.layout import LayoutStore
 
@@ -73,10 +74,10 @@ def test_labels_and_layers_match_pack(base, tmp_path: Path) -> None:
     result = compose_builder(
         builder,
         buildpacks=load_buildpacks(HELLO),
-        order=(
-            (ModuleRef("example/hello"),),
-            (ModuleRef("example/base", "1.0.0", optional=True),),
-        ),
+        order=Order((
+            Group((GroupElement("example/hello"),)),
+            Group((GroupElement("example/base", "1.0.0", optional=True),)),
+        )),
         env={"B_VAR": "two", "A_VAR": "one"},
         run_image="registry.example/run:new",
         scratch_store=scratch,
@@ -183,7 +184,7 @@ def test_compose_is_deterministic(base, tmp_path: Path) -> None:
     for name in ("s1", "s2", "s2"):
         scratch = LayoutStore(tmp_path / name, create=True)
         result = compose_builder(builder, buildpacks=[HELLO, BUILDPACKS / "dep"], env={"X": "1"},
-                                 order=((ModuleRef("example/dep"),),), scratch_store=scratch)
+                                 order=Order((Group((GroupElement("example/dep"),)),)), scratch_store=scratch)
         digests.add(result.digest)
     assert len(digests) == 1
 
@@ -213,7 +214,7 @@ def test_original_builder_in_scratch_layout_is_untouched(base, tmp_path: Path) -
 def test_nothing_to_add_means_no_compose(base, tmp_path: Path) -> None:
     info, store, builder = base
     before = _snapshot(info.layout)
-    result = compose_builder(builder, scratch_store=store, order=((),), env={})
+    result = compose_builder(builder, scratch_store=store, order=Order((Group(()),)), env={})
     assert not result.ephemeral
     assert result.digest == builder.digest and result.tag is None and result.new_layers == ()
     assert _snapshot(info.layout) == before
@@ -274,7 +275,7 @@ def test_composite_brings_dependencies(base, tmp_path: Path) -> None:
     _, _, builder = base
     scratch = LayoutStore(tmp_path / "scratch", create=True)
     result = compose_builder(builder, buildpacks=[BUILDPACKS / "meta"], validate=True,
-                             order=((ModuleRef("example/meta"),),), scratch_store=scratch)
+                             order=Order((Group((GroupElement("example/meta"),)),)), scratch_store=scratch)
     labels = _config(tmp_path / "scratch", result)["config"]["Labels"]
     layers = json.loads(labels["io.buildpacks.buildpack.layers"])
     assert sorted(layers) == ["example/base", "example/dep", "example/hello", "example/meta"]

@@ -11,6 +11,7 @@ import pytest
 from ocibuild.cnb.descriptor import (
     BuildpackStore,
     GroupElement,
+    License,
     Target,
     load_descriptor,
     load_order,
@@ -318,11 +319,13 @@ version = "22.04"
 x = 1
 '''))
     assert (d.id, d.version, d.api, d.clear_env, d.exec_env) == ("acme/node", "2.0.0", "0.12", True, ("production", "test"))
-    assert d.targets[0].distros[0].version == "22.04" and d.licenses == (("MIT", ""),)
+    assert d.targets[0].distros[0].version == "22.04" and d.licenses == (License("MIT", ""),)
+    assert d.declared_targets == d.targets
     assert d.metadata["x"] == 1 and not d.is_composite
     stack = load_descriptor(make_bp(tmp_path / "b", 'api = "0.9"\n[buildpack]\nid = "s"\nversion = "1"\n'
                                     '[[stacks]]\nid = "io.buildpacks.stacks.bionic"\n'))
     assert stack.targets[0].distros[0].name == "ubuntu" and stack.targets[0].arch == "amd64"
+    assert stack.declared_targets == () and stack.stacks[0].id == "io.buildpacks.stacks.bionic"
     plain = load_descriptor(make_bp(tmp_path / "c", 'api = "0.9"\n[buildpack]\nid = "p"\nversion = "1"\n'))
     assert plain.targets[0].os == "linux"
 

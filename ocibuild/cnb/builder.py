@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ocibuild.cnb.buildpack import Order, _select, order_from_json
+from ocibuild.cnb.buildpack import _select
+from ocibuild.cnb.descriptor import Order, parse_order
 from ocibuild.errors import ManifestError
 from ocibuild.oci.descriptor import Descriptor, Platform
 from ocibuild.oci.digest import Digest
@@ -219,8 +220,8 @@ def builder_from_parts(
     except ValueError:
         raise InvalidBuilder(f"{name}: {ENV_UID}/{ENV_GID} must be integers") from None
     try:
-        order = order_from_json(_label_json(labels, LABEL_ORDER, name), f"{name}: {LABEL_ORDER}")
-        order_ext = order_from_json(_label_json(labels, LABEL_ORDER_EXTENSIONS, name), f"{name}: {LABEL_ORDER_EXTENSIONS}")
+        order = parse_order(_label_json(labels, LABEL_ORDER, name), f"{name}: {LABEL_ORDER}")
+        order_ext = parse_order(_label_json(labels, LABEL_ORDER_EXTENSIONS, name), f"{name}: {LABEL_ORDER_EXTENSIONS}")
     except Exception as exc:  # DescriptorError from a malformed label
         raise InvalidBuilder(str(exc)) from None
     return Builder(

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ocibuild.cnb.buildpack import Buildpack, Order, dedupe, load_buildpacks, order_from_json
+from ocibuild.cnb.buildpack import Buildpack, dedupe, load_buildpacks
 from ocibuild.cnb.builder import RunImage, open_builder
 from ocibuild.cnb.compose import BuildConfigEnv, ComposeResult, Lifecycle, compose_builder, publish_builder
+from ocibuild.cnb.descriptor import Order, parse_order
 from ocibuild.errors import UsageError
 from ocibuild.oci.descriptor import Descriptor, Platform
 
@@ -81,7 +82,7 @@ def read_builder_config(path: str | os.PathLike[str]) -> BuilderConfig:
         entries.append(BuildpackEntry(_str(item.get("uri"), "buildpacks.uri"), _str(item.get("image"), "buildpacks.image"),
                                       _str(item.get("id"), "buildpacks.id"), _str(item.get("version"), "buildpacks.version")))
     try:
-        order = order_from_json(doc.get("order"), f"{where}: order")
+        order = parse_order(doc.get("order"), f"{where}: order")
     except Exception as exc:
         raise UsageError(str(exc)) from None
     stack = _table(doc, "stack", where)

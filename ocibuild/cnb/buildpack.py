@@ -11,8 +11,8 @@ targets too), mtime 1980-01-01T00:00:01Z, uid/gid 0, empty user/group names, dir
 executables 0755, everything else 0644. Directories are read in lexical walk order, archives in
 their own order. Names are relative (no leading ``/``), as OCI layers usually are.
 
-The minimal ``buildpack.toml`` parsing here overlaps ``ocibuild.cnb.descriptor``; it reads only
-what distribution needs (info, api, stacks, targets, order).
+``buildpack.toml`` is parsed and validated by ``ocibuild.cnb.descriptor`` (the one parser); orders,
+targets and stacks are its models. ``Buildpack`` is the thin distribution record built from one.
 """
 
 from __future__ import annotations
@@ -30,7 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
-from ocibuild.cnb.descriptor import escape_id
+from ocibuild.cnb.descriptor import (
+    BuildpackDescriptor,
+    License,
+    Order,
+    Stack,
+    TargetSpec,
+    escape_id,
+    order_to_json,
+    parse_descriptor,
+    parse_order,
+    parse_stacks,
+    parse_targets,
+)
 from ocibuild.cnb.errors import DescriptorError
 from ocibuild.errors import ManifestError, NotFound, UsageError
 from ocibuild.oci import mediatype as mt
@@ -51,151 +63,14 @@ _EXEC_NAMES = frozenset({"bin/build", "bin/detect", "bin/generate"})
 
 
 # ---------------------------------------------------------------------------------------------
-# The model: refs, orders, stacks, targets, buildpacks
-
-
-@dataclass(frozen=True)
-class ModuleRef:
-    """One element of an order group (pack's ``dist.ModuleRef``)."""
-
-    id: str
-    version: str = ""
-    optional: bool = False
-
-    @classmethod
-    def parse(cls, text: str, optional: bool = False) -> "ModuleRef":
-        """``id`` or ``id@version``."""
-        bp_id, _, version = text.partition("@")
-        if not bp_id:
-            raise UsageError(f"invalid buildpack reference {text!r}: expected id[@version]")
-        return cls(bp_id, version, optional)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], what: str = "order") -> "ModuleRef":
-        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not data["id"]:
-            raise DescriptorError(f"{what}: every group element needs a string id")
-        version = data.get("version", "")
-        optional = data.get("optional", False)
-        if not isinstance(version, str) or not isinstance(optional, bool):
-            raise DescriptorError(f"{what}: {data['id']}: version must be a string and optional a boolean")
-        return cls(data["id"], version, optional)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON/TOML field order and omitempty of pack's ModuleRef (id, version, optional)."""
-        out: dict[str, Any] = {"id": self.id}
-        if self.version:
-            out["version"] = self.version
-        if self.optional:
-            out["optional"] = True
-        return out
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.id}@{self.version}" if self.version else self.id
-
-
-Group = tuple[ModuleRef, ...]
-Order = tuple[Group, ...]
-
-
-def order_from_json(value: Any, what: str = "order") -> Order:
-    """``[{"group": [...]}, ...]`` (label) or ``[[order]]`` tables (TOML) -> Order."""
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise DescriptorError(f"{what} must be a list of groups")
-    groups = []
-    for entry in value:
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("group", []), list):
-            raise DescriptorError(f"{what}: each entry must have a group list")
-        groups.append(tuple(ModuleRef.from_dict(r, what) for r in entry.get("group") or []))
-    return tuple(groups)
-
-
-def order_to_json(order: Order) -> list[dict[str, Any]]:
-    return [{"group": [ref.to_dict() for ref in group]} for group in order]
-
-
-def _str_list(value: Any, what: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise DescriptorError(f"{what} must be a list of strings")
-    return tuple(value)
-
-
-@dataclass(frozen=True)
-class Stack:
-    id: str
-    mixins: tuple[str, ...] = ()
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "Stack":
-        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
-            raise DescriptorError("stacks: every stack needs a string id")
-        return cls(data["id"], _str_list(data.get("mixins"), "stack mixins"))
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id}
-        if self.mixins:
-            out["mixins"] = list(self.mixins)
-        return out
-
-
-@dataclass(frozen=True)
-class Distro:
-    name: str = ""
-    version: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        out = {}
-        if self.name:
-            out["name"] = self.name
-        if self.version:
-            out["version"] = self.version
-        return out
-
-
-@dataclass(frozen=True)
-class Target:
-    """``[[targets]]`` of buildpack.toml; JSON shape of pack's ``dist.Target``."""
-
-    os: str = ""
-    arch: str = ""
-    variant: str = ""
-    distros: tuple[Distro, ...] = ()
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "Target":
-        if not isinstance(data, Mapping):
-            raise DescriptorError("targets: every target must be a table")
-        distros = []
-        for d in data.get("distros") or data.get("distributions") or []:
-            if not isinstance(d, Mapping):
-                raise DescriptorError("targets: distros must be tables")
-            version = d.get("version") or (d.get("versions") or [""])[0]  # older spelling: versions = [...]
-            distros.append(Distro(str(d.get("name", "")), str(version)))
-        return cls(str(data.get("os", "")), str(data.get("arch", "")), str(data.get("variant", "")), tuple(distros))
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"os": self.os, "arch": self.arch}
-        if self.variant:
-            out["variant"] = self.variant
-        if self.distros:
-            out["distros"] = [d.to_dict() for d in self.distros]
-        return out
-
-
-@dataclass(frozen=True)
-class License:
-    type: str = ""
-    uri: str = ""
+# The model: a thin distribution record; orders, targets and stacks are ``descriptor``'s
 
 
 @dataclass(frozen=True)
 class Buildpack:
     """One buildpack id@version and where its content comes from. Immutable; identity is id@version
-    plus the layer diffID it produces."""
+    plus the layer diffID it produces. Made from a ``BuildpackDescriptor`` (a directory or archive)
+    or from a buildpackage's layers label; ``targets`` are the declared ones (never inferred)."""
 
     id: str
     version: str
@@ -206,9 +81,17 @@ class Buildpack:
     keywords: tuple[str, ...] = ()
     licenses: tuple[License, ...] = ()
     stacks: tuple[Stack, ...] = ()
-    targets: tuple[Target, ...] = ()
-    order: Order = ()
+    targets: tuple[TargetSpec, ...] = ()
+    order: Order = Order()
     source: "LayerSource" = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    @classmethod
+    def from_descriptor(cls, desc: BuildpackDescriptor, source: "LayerSource | None" = None) -> "Buildpack":
+        return cls(
+            id=desc.id, version=desc.version, api=desc.api, name=desc.name, homepage=desc.homepage,
+            description=desc.description, keywords=desc.keywords, licenses=desc.licenses, stacks=desc.stacks,
+            targets=desc.declared_targets, order=desc.order, source=source,  # type: ignore[arg-type]
+        )
 
     @property
     def full_name(self) -> str:
@@ -262,44 +145,15 @@ class Buildpack:
         return self.source.layer(self, Path(workdir))
 
 
-def parse_descriptor(text: str, where: str) -> Buildpack:
-    """A ``buildpack.toml`` -> Buildpack without content (the minimal reading distribution needs)."""
+def _read_descriptor(text: str, root: Path, where: str, has_file: Callable[[str], bool] | None = None
+                     ) -> BuildpackDescriptor:
+    """A ``buildpack.toml`` read for distribution: ``descriptor``'s validation, any well-formed API
+    (the builder's lifecycle decides which it speaks, in compose)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise DescriptorError(f"{where}: invalid TOML: {exc}") from None
-    info = doc.get("buildpack")
-    if not isinstance(info, Mapping):
-        raise DescriptorError(f"{where}: missing [buildpack] table")
-    bp_id, version = info.get("id"), info.get("version")
-    if not isinstance(bp_id, str) or not bp_id:
-        raise DescriptorError(f"{where}: buildpack.id is required")
-    if not isinstance(version, str) or not version:
-        raise DescriptorError(f"{where}: buildpack.version is required")
-    api = doc.get("api", ASSUMED_API)
-    if not isinstance(api, str):
-        raise DescriptorError(f"{where}: api must be a string")
-    stacks = tuple(Stack.from_dict(s) for s in doc.get("stacks") or [])
-    targets = tuple(Target.from_dict(t) for t in doc.get("targets") or [])
-    order = order_from_json(doc.get("order"), f"{where}: order")
-    if order and (stacks or targets):
-        raise DescriptorError(f"{where}: buildpack {bp_id}@{version} cannot have both targets/stacks and an order")
-    licenses = tuple(
-        License(str(lic.get("type", "")), str(lic.get("uri", ""))) for lic in info.get("licenses") or [] if isinstance(lic, Mapping)
-    )
-    return Buildpack(
-        id=bp_id,
-        version=version,
-        api=api,
-        name=str(info.get("name", "")),
-        homepage=str(info.get("homepage", "")),
-        description=str(info.get("description", "")),
-        keywords=_str_list(info.get("keywords"), f"{where}: keywords"),
-        licenses=licenses,
-        stacks=stacks,
-        targets=targets,
-        order=order,
-    )
+    return parse_descriptor(doc, root, has_file=has_file, supported_apis=None, where=where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,13 +333,6 @@ class ArchiveSource(LayerSource):
                 else:
                     yield info, None
 
-    def read(self, name: str) -> bytes | None:
-        with tarfile.open(self.path, "r:*") as tar:
-            for info in tar:
-                if posixpath.normpath(info.name) == name and info.isreg():
-                    return tar.extractfile(info).read()  # type: ignore[union-attr]
-        return None
-
     def layer(self, bp: Buildpack, workdir: Path) -> LayerBlob:
         return write_tar_layer(workdir / f"{bp.escaped_id}.{bp.version}.tar.gz", dist_members(bp, self.entries()))
 
@@ -613,15 +460,16 @@ def buildpacks_from_package(
                 raise ManifestError(f"{where}: {bp_id}@{version} has no valid layerDiffID") from None
             if diff_id not in by_diff:
                 raise ManifestError(f"{where}: layer of {bp_id}@{version} ({diff_id}) is not in the image")
+            what = f"{where}: {bp_id}@{version}"
             found.append(Buildpack(
                 id=bp_id,
                 version=version,
                 api=str(info.get("api") or ASSUMED_API),
                 name=str(info.get("name") or ""),
                 homepage=str(info.get("homepage") or ""),
-                stacks=tuple(Stack.from_dict(s) for s in info.get("stacks") or []),
-                targets=tuple(Target.from_dict(t) for t in info.get("targets") or []),
-                order=order_from_json(info.get("order"), f"{where}: order"),
+                stacks=parse_stacks(info.get("stacks"), what),
+                targets=parse_targets(info.get("targets"), what),
+                order=parse_order(info.get("order"), f"{what} order"),
                 source=PackagedLayer(by_diff[diff_id], diff_id, opener),
             ))
     main = [bp for bp in found if bp.id == meta.get("id") and bp.version == meta.get("version")]
@@ -726,8 +574,8 @@ def _load_directory(path: Path, platform: Platform | None, options: Any) -> list
     descriptor = path / "buildpack.toml"
     if not descriptor.is_file():
         raise UsageError(f"{path}: no buildpack.toml")
-    bp = parse_descriptor(descriptor.read_text(encoding="utf-8"), str(descriptor))
-    main = _with_source(bp, DirectorySource(path))
+    desc = _read_descriptor(descriptor.read_text(encoding="utf-8"), path.absolute(), str(descriptor))
+    main = Buildpack.from_descriptor(desc, DirectorySource(path))
     deps: list[Buildpack] = []
     package = path / "package.toml"
     if package.is_file():
@@ -744,20 +592,20 @@ def _load_directory(path: Path, platform: Platform | None, options: Any) -> list
 
 
 def _load_archive(path: Path) -> list[Buildpack]:
-    source = ArchiveSource(path)
     try:
-        text = source.read("buildpack.toml")
+        with tarfile.open(path, "r:*") as tar:
+            names, text = set(), None
+            for info in tar:
+                name = posixpath.normpath(info.name)
+                names.add(name)
+                if name == "buildpack.toml" and info.isreg():
+                    text = tar.extractfile(info).read()  # type: ignore[union-attr]
     except tarfile.TarError as exc:
         raise UsageError(f"{path}: not a buildpack archive ({exc})") from None
     if text is None:
         raise UsageError(f"{path}: no buildpack.toml at the archive root")
-    return [_with_source(parse_descriptor(text.decode("utf-8"), f"{path}:buildpack.toml"), source)]
-
-
-def _with_source(bp: Buildpack, source: LayerSource) -> Buildpack:
-    from dataclasses import replace
-
-    return replace(bp, source=source)
+    desc = _read_descriptor(text.decode("utf-8"), path.absolute(), f"{path}:buildpack.toml", names.__contains__)
+    return [Buildpack.from_descriptor(desc, ArchiveSource(path))]
 
 
 def dedupe(buildpacks: Sequence[Buildpack]) -> list[Buildpack]:

@@ -26,11 +26,8 @@ from ocibuild.cnb.buildpack import (
     Buildpack,
     LayerBlob,
     Member,
-    ModuleRef,
-    Order,
     bytes_member,
     load_buildpacks,
-    order_to_json,
     tar_entry,
     write_tar_layer,
 )
@@ -45,6 +42,7 @@ from ocibuild.cnb.builder import (
     label_text,
     thaw,
 )
+from ocibuild.cnb.descriptor import Group, GroupElement, Order, order_to_json
 from ocibuild.cnb.errors import BuildpackNotFound, IncompatibleBuildpackAPI
 from ocibuild.errors import UsageError
 from ocibuild.oci import mediatype as mt
@@ -235,23 +233,23 @@ def resolve_order(buildpacks: Sequence[Mapping[str, Any]], order: Order) -> Orde
                 version = versions[0]
             if version not in versions:
                 raise BuildpackNotFound(f"buildpack {ref.id} with version {version} was not found on the builder")
-            out.append(ModuleRef(ref.id, version, ref.optional))
-        resolved.append(tuple(out))
-    return tuple(resolved)
+            out.append(GroupElement(ref.id, version, ref.optional))
+        resolved.append(Group(tuple(out)))
+    return Order(tuple(resolved))
 
 
-def parse_order(groups: Iterable[Iterable[str | ModuleRef]]) -> Order:
+def parse_order(groups: Iterable[Iterable[str | GroupElement]]) -> Order:
     """``[["a@1", "b"], ...]`` -> Order (strings ending in ``?`` are optional)."""
     out = []
     for group in groups:
         refs = []
         for item in group:
-            if isinstance(item, ModuleRef):
+            if isinstance(item, GroupElement):
                 refs.append(item)
             else:
-                refs.append(ModuleRef.parse(item.rstrip("?"), optional=item.endswith("?")))
-        out.append(tuple(refs))
-    return tuple(out)
+                refs.append(GroupElement.parse(item.rstrip("?"), optional=item.endswith("?")))
+        out.append(Group(tuple(refs)))
+    return Order(tuple(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +350,7 @@ def compose_builder(
     """
     bps = _as_buildpacks(buildpacks)
     env = dict(env or {})
-    replace_order = bool(order) and bool(order[0])  # type: ignore[index]
+    replace_order = order is not None and bool(order) and bool(order.groups[0])
     needed = bool(bps or env or replace_order or run_image or lifecycle or run_images or stack_run_image
                   or build_config_env or description is not None)
     if not needed:

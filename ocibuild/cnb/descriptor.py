@@ -12,13 +12,14 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ocibuild.cnb.errors import (
     BuildpackNotFound,
     DescriptorError,
     IncompatibleBuildpackAPI,
 )
+from ocibuild.errors import UsageError
 
 SUPPORTED_APIS: tuple[str, ...] = ("0.7", "0.8", "0.9", "0.10", "0.11", "0.12")
 RESERVED_IDS = frozenset({"app", "config", "generated", "sbom"})
@@ -65,13 +66,14 @@ def validate_id(buildpack_id: str, where: str = "buildpack") -> str:
     return buildpack_id
 
 
-def check_api(text: Any, where: str) -> ApiVersion:
+def check_api(text: Any, where: str, supported: tuple[str, ...] | None = SUPPORTED_APIS) -> ApiVersion:
+    """A well-formed API version, one of ``supported`` (``None``: any; the builder's lifecycle decides)."""
     if not isinstance(text, str):
         raise DescriptorError(f"{where}: api is required")
     version = ApiVersion.parse(text)
-    if str(version) not in SUPPORTED_APIS:
+    if supported is not None and str(version) not in supported:
         raise IncompatibleBuildpackAPI(
-            f"{where}: buildpack API {text} is not supported (supported: {', '.join(SUPPORTED_APIS)})",
+            f"{where}: buildpack API {text} is not supported (supported: {', '.join(supported)})",
             buildpack=where,
         )
     return version
@@ -87,6 +89,27 @@ class GroupElement:
     api: str = ""
     homepage: str = ""
     exec_env: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str, optional: bool = False) -> GroupElement:
+        """``id`` or ``id@version`` (as typed on a command line)."""
+        bp_id, _, version = text.partition("@")
+        if not bp_id:
+            raise UsageError(f"invalid buildpack reference {text!r}: expected id[@version]")
+        return cls(validate_id(bp_id, f"buildpack reference {text!r}"), version, optional)
+
+    def to_dict(self) -> dict[str, Any]:
+        """An order entry as pack writes it (``dist.ModuleRef``: id, then version and optional if set)."""
+        out: dict[str, Any] = {"id": self.id}
+        if self.version:
+            out["version"] = self.version
+        if self.optional:
+            out["optional"] = True
+        return out
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.id}@{self.version}" if self.version else self.id
 
     def __str__(self) -> str:
         return f"{self.id}@{self.version}"
@@ -129,6 +152,14 @@ class Distro:
     name: str = ""
     version: str = ""
 
+    def to_dict(self) -> dict[str, str]:
+        out = {}
+        if self.name:
+            out["name"] = self.name
+        if self.version:
+            out["version"] = self.version
+        return out
+
 
 @dataclass(frozen=True)
 class TargetSpec:
@@ -138,6 +169,35 @@ class TargetSpec:
     arch: str = ""
     variant: str = ""
     distros: tuple[Distro, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """pack's ``dist.Target`` JSON (``io.buildpacks.buildpack.layers``)."""
+        out: dict[str, Any] = {"os": self.os, "arch": self.arch}
+        if self.variant:
+            out["variant"] = self.variant
+        if self.distros:
+            out["distros"] = [d.to_dict() for d in self.distros]
+        return out
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A ``[[stacks]]`` entry (deprecated since Buildpack API 0.10, still read and relayed)."""
+
+    id: str
+    mixins: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id}
+        if self.mixins:
+            out["mixins"] = list(self.mixins)
+        return out
+
+
+@dataclass(frozen=True)
+class License:
+    type: str = ""
+    uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,10 +249,13 @@ class BuildpackDescriptor:
     clear_env: bool = False
     sbom_formats: tuple[str, ...] = ()
     exec_env: tuple[str, ...] = ()
-    licenses: tuple[tuple[str, str], ...] = ()
+    licenses: tuple[License, ...] = ()
     order: Order = Order()
     targets: tuple[TargetSpec, ...] = ()
-    stacks: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """The targets the lifecycle matches: as declared, else inferred from the stacks or bin/."""
+    declared_targets: tuple[TargetSpec, ...] = ()
+    """``[[targets]]`` as written (what distribution labels relay)."""
+    stacks: tuple[Stack, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
 
     @property
@@ -275,64 +338,99 @@ def parse_order(value: Any, where: str = "order") -> Order:
     return Order(tuple(groups))
 
 
+def order_to_json(order: Order) -> list[dict[str, Any]]:
+    """The ``io.buildpacks.buildpack.order`` label shape (``[{"group": [{id, version, optional}]}]``)."""
+    return [{"group": [el.to_dict() for el in group]} for group in order]
+
+
 def load_order(path: str | Path) -> Order:
     """Read an ``order.toml`` (as in ``/cnb/order.toml``)."""
     data = _read_toml(Path(path))
     return parse_order(data.get("order"), str(path))
 
 
-def _targets(data: Mapping[str, Any], where: str) -> tuple[TargetSpec, ...]:
+def parse_targets(value: Any, where: str) -> tuple[TargetSpec, ...]:
+    """``[[targets]]`` (TOML) or a label's ``targets``; older spellings (``distributions``,
+    ``arch-variant``, ``versions = [...]``) are read too."""
     out = []
-    for t in _tables(data.get("targets"), "targets", where):
-        distros_raw = t.get("distros", t.get("distributions"))
-        distros = tuple(
-            Distro(_str(d, "name", where), _str(d, "version", where))
-            for d in _tables(distros_raw, "targets.distros", where)
-        )
+    for t in _tables(value, "targets", where):
+        distros = []
+        for d in _tables(t.get("distros", t.get("distributions")), "targets.distros", where):
+            version = d.get("version")
+            if version is None and isinstance(d.get("versions"), list):
+                version = (d["versions"] or [""])[0]
+            if not isinstance(version or "", str):
+                raise DescriptorError(f"{where}: targets.distros.version must be a string")
+            distros.append(Distro(_str(d, "name", where), version or ""))
         variant = t.get("variant", t.get("arch-variant", ""))
         if not isinstance(variant, str):
             raise DescriptorError(f"{where}: targets.variant must be a string")
-        out.append(TargetSpec(_str(t, "os", where), _str(t, "arch", where), variant, distros))
+        out.append(TargetSpec(_str(t, "os", where), _str(t, "arch", where), variant, tuple(distros)))
     return tuple(out)
 
 
-def parse_descriptor(data: Mapping[str, Any], root: Path) -> BuildpackDescriptor:
-    """Validate a buildpack.toml document whose buildpack lives in ``root``."""
-    where = str(root / "buildpack.toml")
+def parse_stacks(value: Any, where: str) -> tuple[Stack, ...]:
+    out = []
+    for s in _tables(value, "stacks", where):
+        mixins = s.get("mixins") or []
+        if not isinstance(mixins, list) or not all(isinstance(m, str) for m in mixins):
+            raise DescriptorError(f"{where}: stacks.mixins must be an array of strings")
+        stack_id = _str(s, "id", where)
+        if not stack_id:
+            raise DescriptorError(f"{where}: every stack needs an id")
+        out.append(Stack(stack_id, tuple(mixins)))
+    return tuple(out)
+
+
+def parse_descriptor(
+    data: Mapping[str, Any],
+    root: Path,
+    *,
+    has_file: Callable[[str], bool] | None = None,
+    supported_apis: tuple[str, ...] | None = SUPPORTED_APIS,
+    where: str | None = None,
+) -> BuildpackDescriptor:
+    """Validate a buildpack.toml document whose buildpack lives in ``root``.
+
+    ``has_file(rel)`` says whether ``bin/build`` etc. exist (default: look in ``root`` on disk; an
+    archive passes its member names). ``supported_apis=None`` accepts any well-formed API: when
+    distributing, the builder's lifecycle decides which APIs it speaks.
+    """
+    exists = has_file or (lambda rel: (root / rel).exists())
+    where = where or str(root / "buildpack.toml")
     info = data.get("buildpack")
     if not isinstance(info, dict):
         raise DescriptorError(f"{where}: [buildpack] table is required")
     bp_id = validate_id(info.get("id"), where)
     where = f"buildpack {bp_id}"
-    api = check_api(data.get("api"), where)
+    api = check_api(data.get("api"), where, supported_apis)
     version = _str(info, "version", where)
     if not version:
         raise DescriptorError(f"{where}: version is required")
     order = parse_order(data.get("order"), f"{where} order")
-    bin_dir = root / "bin"
-    if order and (bin_dir / "detect").exists():
+    if order and exists("bin/detect"):
         raise DescriptorError(f"{where}: a composite buildpack (with [[order]]) must not have bin/detect")
-    if not order and not (bin_dir / "build").exists() and not (bin_dir / "build.bat").exists():
+    if not order and not exists("bin/build") and not exists("bin/build.bat"):
         raise DescriptorError(f"{where}: bin/build is missing")
-    targets = _targets(data, where)
-    stacks = tuple(
-        (_str(s, "id", where), tuple(s.get("mixins") or ()))
-        for s in _tables(data.get("stacks"), "stacks", where)
-    )
+    declared = parse_targets(data.get("targets"), where)
+    stacks = parse_stacks(data.get("stacks"), where)
+    if order and (declared or stacks):
+        raise DescriptorError(f"{where}: a composite buildpack cannot have both targets/stacks and an order")
+    targets = declared
     if not targets and not order:
         # The lifecycle infers a target from the stack (bionic) or the bin/ layout.
-        if any(sid == "io.buildpacks.stacks.bionic" for sid, _ in stacks):
+        if any(s.id == "io.buildpacks.stacks.bionic" for s in stacks):
             targets = (TargetSpec("linux", "amd64", "", (Distro("ubuntu", "18.04"),)),)
-        elif (bin_dir / "build").exists():
+        elif exists("bin/build"):
             targets = (TargetSpec("linux"),)
         else:
             targets = (TargetSpec("windows"),)
     keywords = info.get("keywords") or []
     sbom = info.get("sbom-formats") or []
-    if not isinstance(keywords, list) or not isinstance(sbom, list):
-        raise DescriptorError(f"{where}: keywords and sbom-formats must be arrays")
+    if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in (keywords, sbom)):
+        raise DescriptorError(f"{where}: keywords and sbom-formats must be arrays of strings")
     licenses = tuple(
-        (_str(lic, "type", where), _str(lic, "uri", where))
+        License(_str(lic, "type", where), _str(lic, "uri", where))
         for lic in _tables(info.get("licenses"), "licenses", where)
     )
     metadata = data.get("metadata") or {}
@@ -344,13 +442,14 @@ def parse_descriptor(data: Mapping[str, Any], root: Path) -> BuildpackDescriptor
         name=_str(info, "name", where),
         homepage=_str(info, "homepage", where),
         description=_str(info, "description", where),
-        keywords=tuple(str(k) for k in keywords),
+        keywords=tuple(keywords),
         clear_env=_bool(info, "clear-env", where),
-        sbom_formats=tuple(str(s) for s in sbom),
+        sbom_formats=tuple(sbom),
         exec_env=_exec_env(info.get("exec-env"), where),
         licenses=licenses,
         order=order,
         targets=targets,
+        declared_targets=declared,
         stacks=stacks,
         metadata=MappingProxyType(dict(metadata)) if isinstance(metadata, dict) else _EMPTY,
     )
