@@ -245,3 +245,32 @@ uri = "{_lifecycle_tgz(tmp_path / 'lifecycle.tgz', launcher)}"
         ocibuild("unpack", f"oci:{tmp_path}/out-{name}:app", str(bundle), scratch=warm_scratch)
         assert (bundle / "cnb" / "lifecycle" / "launcher").read_bytes() == expected, name
         assert os.readlink(bundle / "cnb" / "process" / "web") == "/cnb/lifecycle/launcher"
+
+
+def test_rebase_swaps_the_run_image_layers_and_keeps_the_app_layers(tmp_path: Path, app: Path,
+                                                                      warm_scratch: Path) -> None:
+    from ocibuild.cnb.defaults import RUN_TAG
+
+    out = f"oci:{tmp_path}/out:app"
+    build_json(out, scratch=warm_scratch, app=app)
+    extra = tmp_path / "security-fix"
+    (extra / "etc").mkdir(parents=True)
+    (extra / "etc" / "patched").write_text("yes\n")
+    run2 = f"oci:{tmp_path}/run2:2"
+    ocibuild("append", f"oci:{warm_scratch}/layout:{RUN_TAG}", str(extra), "--tag", run2, scratch=warm_scratch)
+
+    def layers(ref: str) -> list[str]:
+        manifest = json.loads(ocibuild("manifest", ref, scratch=warm_scratch).stdout)
+        return [layer["digest"] for layer in manifest["layers"]]
+
+    old_run, new_run, before = layers(f"oci:{warm_scratch}/layout:{RUN_TAG}"), layers(run2), layers(out)
+    refused = ocibuild("rebase", out, "--run-image", run2, scratch=warm_scratch, check=False)
+    assert refused.returncode != 0 and "ocibuild: error:" in refused.stderr  # another run image name: needs --force
+    ocibuild("rebase", out, "--run-image", run2, "--force", scratch=warm_scratch)
+    after = layers(out)
+    assert after[:len(new_run)] == new_run
+    assert after[len(new_run):] == before[len(old_run):]  # the app's layers, untouched
+    bundle = tmp_path / "rebased"
+    ocibuild("unpack", out, str(bundle), scratch=warm_scratch)
+    assert (bundle / "etc" / "patched").read_text() == "yes\n"
+    assert (bundle / "workspace" / "Procfile").is_file()
