@@ -52,6 +52,12 @@ class Platform:
             data.get("architecture"), str
         ):
             raise ManifestError("platform needs string fields os and architecture")
+        for key in ("variant", "os.version"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ManifestError(f"platform {key} must be a string")
+        features = data.get("os.features")
+        if features is not None and not (isinstance(features, list) and all(isinstance(f, str) for f in features)):
+            raise ManifestError("platform os.features must be a list of strings")
         return cls(
             data["os"],
             data["architecture"],

@@ -246,6 +246,24 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _check_config_types(doc: Mapping[str, Any]) -> None:
+    """Refuse, at parse time, the wrong JSON types behind the accessors (``null`` means absent)."""
+    for key in ("os", "architecture", "variant", "os.version", "created"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise ManifestError(f"image config: {key} must be a string")
+    for key in ("config", "rootfs"):
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            raise ManifestError(f"image config: {key} must be an object")
+    inner = doc.get("config") or {}
+    env = inner.get("Env")
+    if env is not None and not (isinstance(env, list) and all(isinstance(e, str) for e in env)):
+        raise ManifestError("image config: config.Env must be a list of strings")
+    _string_map(inner.get("Labels"), "image config: config.Labels")
+    diff_ids = (doc.get("rootfs") or {}).get("diff_ids")
+    if diff_ids is not None and not (isinstance(diff_ids, list) and all(isinstance(d, str) for d in diff_ids)):
+        raise ManifestError("image config: rootfs.diff_ids must be a list of strings")
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """An image config blob: exact bytes plus read-only accessors. Edit via ``to_dict()`` + ``build``."""
@@ -260,9 +278,7 @@ class ImageConfig:
         doc = load_json(raw, "image config")
         if not isinstance(doc, dict):
             raise ManifestError("image config is not a JSON object")
-        for key in ("config", "rootfs"):
-            if key in doc and doc[key] is not None and not isinstance(doc[key], dict):
-                raise ManifestError(f"image config: {key} must be an object")
+        _check_config_types(doc)
         return cls(bytes(raw), Digest.of(raw), media_type, _freeze(doc))
 
     @classmethod
