@@ -1,13 +1,15 @@
-"""Small images built with ocibuild's own model code (for the copy, CLI and api tests).
+"""Small images built with ocibuild's own layer and model code (for the copy, CLI and api tests).
 
-Blobs are tiny byte strings written through the real ``Store`` API; each image gets distinct
-layers so that tests can tell which blobs a copy moved.
+Layers are real gzip (or Docker) tar layers of one small file each, made by ``write_layer`` and
+written through the real ``Store`` API (a layout or a registry repository); each image gets
+distinct layers so that tests can tell which blobs a copy moved.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ocibuild.layer import LayerResult, TarEntry, write_layer
 from ocibuild.oci import Descriptor, ImageConfig, Index, Manifest, Platform
 from ocibuild.oci import mediatype as mt
 from ocibuild.store.base import Store, put_bytes
@@ -34,17 +36,19 @@ def image(
     """One image whose layers are ``layers`` distinct small blobs (named after ``name``)."""
     plat = Platform.parse(platform)
     layer_type = mt.DOCKER_LAYER if docker else mt.OCI_LAYER_GZIP
-    layer_descs = []
+    layer_descs, diff_ids = [], []
     for i in range(layers):
         data = f"{name} layer {i} ".encode() * (i + 3)
-        desc = Descriptor.for_bytes(layer_type, data)
-        put_bytes(store, desc, data)
-        layer_descs.append(desc)
+        result = write_layer([TarEntry.file(f"{name}/layer-{i}.txt", data)], media_type=layer_type,
+                             tmp_dir=getattr(store, "tmp_dir", None))
+        _put_layer(store, result)
+        layer_descs.append(result.descriptor)
+        diff_ids.append(str(result.diff_id))
     cfg_doc = {
         "architecture": plat.architecture,
         "os": plat.os,
         "config": {"Env": list(env), "Cmd": ["/bin/sh"], "Labels": {"name": name}},
-        "rootfs": {"type": "layers", "diff_ids": [str(d.digest) for d in layer_descs]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }
     if plat.variant:
         cfg_doc["variant"] = plat.variant
@@ -55,6 +59,19 @@ def image(
     )
     store.put_manifest(manifest.descriptor(), manifest.raw, tag=tag)
     return Built(manifest.descriptor(), manifest.raw, (cfg.descriptor(), *layer_descs))
+
+
+def _put_layer(store: Store, result: LayerResult) -> None:
+    """Move the finished layer into a layout (no copy), or stream it to any other store."""
+    put_file = getattr(store, "put_blob_file", None)
+    if put_file is not None:
+        put_file(result.descriptor, result.path)
+        return
+    try:
+        with open(result.path, "rb") as fh:
+            store.put_blob(result.descriptor, fh)
+    finally:
+        result.discard()
 
 
 def index(

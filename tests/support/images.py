@@ -1,29 +1,37 @@
-"""Tiny, real OCI images for tests, built without ocibuild (so they can judge ocibuild's output).
+"""Tiny, real OCI images for tests, written with ocibuild's own layer, model and layout code.
 
 ``write_image`` writes a valid OCI layout holding one image made of gzip layers whose files the test
-chooses; ``busybox_files`` gives a runnable root file system from Debian's busybox-static; ``skopeo_copy``
-moves images between layouts and the test registries with the real peer tool.
+chooses (``ocibuild.layer.write_layer`` of ``TarEntry`` lists, ``ImageConfig.build``,
+``Manifest.build``, ``LayoutStore``); ``busybox_files`` gives a runnable root file system from
+Debian's busybox-static; ``skopeo_copy`` moves images between layouts and the test registries with
+the real peer tool. The output is judged by peers (skopeo, umoci, oci-image-tool, the JSON schemas)
+in ``tests/test_fixtures.py``, so tests built on it do not grade ocibuild with its own ruler alone.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
-import json
 import os
-import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ocibuild.layer import TarEntry, write_layer
+from ocibuild.layer.tarwriter import normalize_path, write_tar
+from ocibuild.oci import ImageConfig, Manifest, Platform
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.manifest import canonical_json
+from ocibuild.store.base import put_bytes
+from ocibuild.store.layout import LayoutStore
+
 from .registry import RegistryServer
 from .tools import require_tool, run
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_MANIFEST = mt.OCI_MANIFEST
+OCI_INDEX = mt.OCI_INDEX
+OCI_CONFIG = mt.OCI_CONFIG
+OCI_LAYER_GZIP = mt.OCI_LAYER_GZIP
 EPOCH = 315532801  # 1980-01-01T00:00:01Z, the reproducible-build mtime
 
 #: One file of a layer: bytes (a 0644 file), or (bytes, mode), or ("symlink", target), or ("dir", mode).
@@ -64,59 +72,48 @@ def sha256(data: bytes) -> str:
 
 
 def canonical(doc: object) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_json(doc)
+
+
+def _entry(path: str, spec: FileSpec) -> TarEntry:
+    if isinstance(spec, bytes):
+        return TarEntry.file(path, spec)
+    if spec[0] == "symlink":
+        return TarEntry.symlink(path, str(spec[1]))
+    if spec[0] == "dir":
+        return TarEntry.dir(path, int(spec[1]))  # type: ignore[arg-type]
+    return TarEntry.file(path, spec[0], int(spec[1]))  # type: ignore[arg-type]
+
+
+def layer_entries(files: Mapping[str, FileSpec]) -> list[TarEntry]:
+    """``files`` as ``TarEntry`` objects, with a 0755 entry for every parent directory not given."""
+    entries: dict[str, TarEntry] = {}
+    for name, spec in files.items():
+        path = normalize_path(name)
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            entries.setdefault(parent, TarEntry.dir(parent, 0o755))
+        entries[path] = _entry(path, spec)
+    return list(entries.values())
 
 
 def layer_tar(files: Mapping[str, FileSpec]) -> bytes:
-    """A reproducible tar of ``files`` (parent directories added), sorted, mtime 1980, root-owned."""
-    entries: dict[str, FileSpec] = {}
-    for name, spec in files.items():
-        parts = name.strip("/").split("/")
-        for i in range(1, len(parts)):
-            entries.setdefault("/".join(parts[:i]), ("dir", 0o755))
-        entries["/".join(parts)] = spec
+    """The reproducible tar of ``files`` (sorted, mtime 1980, root-owned): its sha256 is the diffID
+    of the layer ``write_image`` makes from the same map."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(entries):
-            spec = entries[name]
-            info = tarfile.TarInfo(name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = EPOCH, 0, 0, "", ""
-            data: bytes | None = None
-            if isinstance(spec, bytes):
-                info.mode, data = 0o644, spec
-            elif spec[0] == "symlink":
-                info.type, info.linkname, info.mode = tarfile.SYMTYPE, str(spec[1]), 0o777
-            elif spec[0] == "dir":
-                info.type, info.mode = tarfile.DIRTYPE, int(spec[1])  # type: ignore[arg-type]
-            else:
-                data, info.mode = spec[0], int(spec[1])  # type: ignore[assignment, arg-type]
-            if data is not None:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            else:
-                tar.addfile(info)
+    write_tar(buf, layer_entries(files))
     return buf.getvalue()
 
 
-def _put_blob(layout: Path, data: bytes, media_type: str) -> Blob:
-    digest = sha256(data)
-    path = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-    if not path.exists():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return Blob(media_type, digest, len(data))
+def _blob(desc: object) -> Blob:
+    return Blob(desc.media_type, str(desc.digest), desc.size)  # type: ignore[attr-defined]
 
 
 def init_layout(layout: Path) -> Path:
     """Create an empty OCI layout (idempotent)."""
-    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-    header = layout / "oci-layout"
-    if not header.exists():
-        header.write_text('{"imageLayoutVersion":"1.0.0"}')
-    if not (layout / "index.json").exists():
-        (layout / "index.json").write_bytes(canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}))
-    return layout
+    LayoutStore(layout, create=True)
+    return Path(layout)
 
 
 def write_image(
@@ -136,53 +133,32 @@ def write_image(
     of the image config (Env, Cmd, ...); ``labels`` are merged into it. A tag replaces any entry of
     the same name, like the OCI layout convention.
     """
-    root = init_layout(Path(layout))
-    layer_blobs, diff_ids = [], []
+    store = LayoutStore(layout, create=True)
+    layer_descs, diff_ids = [], []
     for files in layers:
-        tar = layer_tar(files)
-        diff_ids.append(sha256(tar))
-        layer_blobs.append(_put_blob(root, gzip.compress(tar, compresslevel=6, mtime=0), OCI_LAYER_GZIP))
+        result = write_layer(layer_entries(files), tmp_dir=store.tmp_dir)
+        store.put_blob_file(result.descriptor, result.path)
+        layer_descs.append(result.descriptor)
+        diff_ids.append(str(result.diff_id))
     inner = dict(config or {})
     if labels:
         inner["Labels"] = {**dict(inner.get("Labels", {})), **labels}  # type: ignore[arg-type]
-    config_doc: dict[str, object] = {
+    cfg = ImageConfig.build({
         "architecture": architecture,
         "os": os_name,
         "created": "1980-01-01T00:00:01Z",
         "config": inner,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created": "1980-01-01T00:00:01Z", "created_by": "tests/support/images.py"} for _ in layers],
-    }
-    config_bytes = canonical(config_doc)
-    config_blob = _put_blob(root, config_bytes, OCI_CONFIG)
-    manifest_doc: dict[str, object] = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config_blob.descriptor(),
-        "layers": [b.descriptor() for b in layer_blobs],
-    }
-    if annotations:
-        manifest_doc["annotations"] = dict(annotations)
-    manifest_bytes = canonical(manifest_doc)
-    manifest_blob = _put_blob(root, manifest_bytes, OCI_MANIFEST)
+    })
+    put_bytes(store, cfg.descriptor(), cfg.raw)
+    manifest = Manifest.build(cfg.descriptor(), layer_descs, annotations=annotations)
+    desc = store.put_manifest(manifest.descriptor(), manifest.raw)
     if tag is not None:
-        index = json.loads((root / "index.json").read_bytes())
-        entries = [
-            m for m in index.get("manifests", [])
-            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag
-        ]
-        entries.append(
-            manifest_blob.descriptor(
-                annotations={"org.opencontainers.image.ref.name": tag},
-                platform={"architecture": architecture, "os": os_name},
-            )
-        )
-        index["manifests"] = entries
-        tmp = root / "index.json.tmp"
-        tmp.write_bytes(canonical(index))
-        os.replace(tmp, root / "index.json")
+        store.tag(desc.with_platform(Platform(os_name, architecture)), tag)
     return ImageInfo(
-        root, tag, manifest_blob, config_blob, tuple(layer_blobs), tuple(diff_ids), manifest_bytes, config_bytes
+        Path(layout), tag, _blob(desc), _blob(cfg.descriptor()),
+        tuple(_blob(d) for d in layer_descs), tuple(diff_ids), manifest.raw, cfg.raw,
     )
 
 
