@@ -130,13 +130,17 @@ uri = "lifecycle.tgz"
                  "platform": {"deprecated": ["0.7"], "supported": ["0.12", "0.13"]}},
     }
     assert meta["images"] == [{"image": "registry.example/run:1", "mirrors": ["mirror.example/run:1"]}]
-    names = []
+    names, modes = [], {}
     for layer in b.manifest.layers[1:]:
         data = gzip.decompress((tmp_path / "out" / "blobs" / "sha256" / layer.digest.encoded).read_bytes())
         with tarfile.open(fileobj=io.BytesIO(data)) as t:
             names.append([m.name for m in t])
-    assert names[1] == ["cnb/lifecycle"] + [f"cnb/lifecycle/{x}" for x in (
-        "detector", "analyzer", "restorer", "builder", "exporter", "launcher", "creator")] + ["lifecycle"]
+            modes.update({m.name: (m.mode, m.mtime, m.uid, m.uname) for m in t})
+    # lifecycle binaries keep their modes; the compat symlink is 0644 as pack writes it
+    assert modes["cnb/lifecycle/detector"] == (0o755, 315532801, 0, "")
+    assert modes["lifecycle"][0] == 0o644 and modes["cnb/lifecycle"][0] == 0o755
+    assert names[1] == ["cnb/lifecycle"] + [f"cnb/lifecycle/{x}" for x in (  # sorted by the layer writer
+        "analyzer", "builder", "creator", "detector", "exporter", "launcher", "restorer")] + ["lifecycle"]
     assert names[2][1] == "cnb/buildpacks/example_dep/1.0.0" and names[3][1] == "cnb/buildpacks/example_hello/0.0.1"
     assert names[-2] == ["cnb/build-config/env/BP_FOO"]
     assert names[-1] == []  # the platform env layer is always there, empty here

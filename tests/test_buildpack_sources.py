@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 import tomllib
 from pathlib import Path
@@ -147,3 +148,41 @@ def test_bad_sources(tmp_path: Path) -> None:
         parse_descriptor(tomllib.loads(
             'api = "0.10"\n[buildpack]\nid = "x"\nversion = "1"\n[[stacks]]\nid = "*"\n'
             '[[order]]\n[[order.group]]\nid = "y"\n'), tmp_path)
+
+
+def test_directory_layer_conventions_links_and_special_files(tmp_path: Path) -> None:
+    src = tmp_path / "bp"
+    (src / "bin").mkdir(parents=True)
+    (src / "buildpack.toml").write_text('api = "0.10"\n[buildpack]\nid = "t/links"\nversion = "1.0"\n')
+    (src / "bin" / "build").write_text("#!/bin/sh\n")
+    (src / "bin" / "build").chmod(0o600)  # not executable on disk: pack makes bin/build 0755 anyway
+    (src / "lib").mkdir()
+    (src / "lib" / "tool").write_text("x")
+    (src / "lib" / "tool").chmod(0o700)
+    (src / "lib" / "data").write_text("d")
+    (src / "lib" / "same").hardlink_to(src / "lib" / "data")
+    (src / "lib" / "link").symlink_to("data")
+    os.mkfifo(src / "lib" / "pipe")
+    [bp] = load_buildpacks(src)
+    (tmp_path / "w1").mkdir()
+    blob = bp.build_layer(tmp_path / "w1")
+    with blob.open() as f:
+        tar = gzip.decompress(f.read())
+    base = "cnb/buildpacks/t_links/1.0/"
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        got = {m.name.removeprefix(base): (m.type, m.mode, m.linkname.removeprefix(base)) for m in t}
+    assert got == {
+        "cnb/buildpacks/t_links": (tarfile.DIRTYPE, 0o755, ""),
+        "cnb/buildpacks/t_links/1.0": (tarfile.DIRTYPE, 0o755, ""),
+        "bin": (tarfile.DIRTYPE, 0o755, ""),
+        "bin/build": (tarfile.REGTYPE, 0o755, ""),
+        "buildpack.toml": (tarfile.REGTYPE, 0o644, ""),
+        "lib": (tarfile.DIRTYPE, 0o755, ""),
+        "lib/data": (tarfile.REGTYPE, 0o644, ""),
+        "lib/link": (tarfile.SYMTYPE, 0o777, "data"),
+        "lib/same": (tarfile.LNKTYPE, 0o644, "lib/data"),  # a hard link to the first path, re-homed
+        "lib/tool": (tarfile.REGTYPE, 0o755, ""),
+    }  # the fifo is not buildpack content
+    (tmp_path / "w2").mkdir()
+    again = bp.build_layer(tmp_path / "w2")
+    assert (again.digest, again.diff_id) == (blob.digest, blob.diff_id)

@@ -89,9 +89,9 @@ def test_labels_and_layers_match_pack(base, tmp_path: Path) -> None:
     assert layers[:2] == [b.digest for b in info.layers]
     new = layers[2:]
     assert len(new) == 6 == len(result.new_layers)
-    assert _names(root, new[0]) == [
-        "workspace", "layers", "cnb", "cnb/buildpacks", "cnb/extensions", "platform", "platform/env",
-        "cnb/build-config", "cnb/build-config/env",
+    assert _names(root, new[0]) == [  # pack's directories, in the layer writer's sorted order
+        "cnb", "cnb/build-config", "cnb/build-config/env", "cnb/buildpacks", "cnb/extensions", "layers",
+        "platform", "platform/env", "workspace",
     ]
     dirs = {e["name"]: e for e in _entries(root, new[0])}
     assert (dirs["workspace"]["uid"], dirs["workspace"]["gid"]) == (1000, 1001)

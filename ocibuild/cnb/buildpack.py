@@ -6,10 +6,11 @@ becomes one ``Buildpack`` per id@version (a composite brings its dependencies), 
 its distribution layer: ``cnb/buildpacks/<id with / as _>/<version>/...``.
 
 Layer tars follow pack's ``toDistTar`` (buildpacks/pack:pkg/buildpack/buildpack.go): two directory
-entries for the escaped id and the version, every source entry prefixed by the version dir (hardlink
-targets too), mtime 1980-01-01T00:00:01Z, uid/gid 0, empty user/group names, directories and
-executables 0755, everything else 0644. Directories are read in lexical walk order, archives in
-their own order. Names are relative (no leading ``/``), as OCI layers usually are.
+entries for the escaped id and the version, every source entry prefixed by the version dir (hard
+links too), directories and executables 0755, everything else 0644. They are written by
+``ocibuild.layer`` (one reproducible tar writer: entries sorted by path, mtime
+1980-01-01T00:00:01Z, uid/gid 0, empty user/group names, relative names; gzip through isal), so a
+directory and a tarball of it give the same layer.
 
 ``buildpack.toml`` is parsed and validated by ``ocibuild.cnb.descriptor`` (the one parser); orders,
 targets and stacks are its models. ``Buildpack`` is the thin distribution record built from one.
@@ -19,14 +20,13 @@ from __future__ import annotations
 
 
 import contextlib
-import gzip
-import hashlib
 import io
 import os
 import posixpath
+import shutil
 import tarfile
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
@@ -45,12 +45,14 @@ from ocibuild.cnb.descriptor import (
 )
 from ocibuild.cnb.errors import DescriptorError
 from ocibuild.errors import ManifestError, NotFound, UsageError
+from ocibuild.layer import TarEntry, TarOptions, pack_mode, write_layer
+from ocibuild.layer.compress import LayerResult, compress_stream, decompressor
+from ocibuild.layer.tarwriter import BLOCK, CHAR, FIFO, FILE, entries_from_dir, entries_from_tar, open_tarball
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor, Platform
 from ocibuild.oci.digest import Digest
 from ocibuild.oci.manifest import ImageConfig, Index, Manifest, load_json, parse_manifest
 
-NORMALIZED_MTIME = 315532801  # 1980-01-01T00:00:01Z, pack's archive.NormalizedDateTime
 NORMALIZED_TIME = "1980-01-01T00:00:01Z"
 BUILDPACKS_DIR = "cnb/buildpacks"
 ASSUMED_API = "0.1"  # pack's dist.AssumedBuildpackAPIVersion
@@ -58,6 +60,8 @@ LABEL_BUILDPACKAGE = "io.buildpacks.buildpackage.metadata"
 LABEL_LAYERS = "io.buildpacks.buildpack.layers"
 _CHUNK = 1 << 20
 _EXEC_NAMES = frozenset({"bin/build", "bin/detect", "bin/generate"})
+DIST_TAR_OPTIONS = TarOptions(mode_policy=pack_mode)
+"""pack's modes for buildpack layers: directories and executables 0755, everything else 0644."""
 
 
 
@@ -170,6 +174,12 @@ class LayerBlob:
     open: Callable[[], ContextManager[BinaryIO]] = field(compare=False, repr=False)
     media_type: str = mt.OCI_LAYER_GZIP
 
+    @classmethod
+    def from_result(cls, result: LayerResult) -> "LayerBlob":
+        """A layer ``write_layer``/``compress_stream`` left in a temp file."""
+        path = result.path
+        return cls(result.digest, result.descriptor.size, result.diff_id, lambda: open(path, "rb"))
+
     def descriptor(self, docker: bool = False) -> Descriptor:
         return Descriptor(mt.DOCKER_LAYER if docker else mt.OCI_LAYER_GZIP, self.digest, self.size)
 
@@ -186,98 +196,24 @@ class LayerBlob:
         return desc
 
 
-class _HashingSink(io.RawIOBase):
-    """Writes through to ``raw`` and hashes (sha256) and counts what passes."""
-
-    def __init__(self, raw: BinaryIO):
-        super().__init__()
-        self._raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:  # type: ignore[override]
-        view = memoryview(data).cast("B")
-        self._raw.write(view)
-        self.hash.update(view)
-        self.size += len(view)
-        return len(view)
-
-
-Member = tuple[tarfile.TarInfo, Callable[[], ContextManager[BinaryIO]] | None]
-"""A tar entry and, for regular files, a way to open its content."""
-
-
-def write_tar_layer(path: Path, members: Iterable[Member]) -> LayerBlob:
-    """Stream ``members`` as a tar through gzip into ``path``; hash the tar (diffID) and the blob.
-
-    gzip with mtime 0 and a fixed level, so the same members give the same bytes. Kept here until
-    ``ocibuild.layer.compress.write_layer`` can be used for the same job.
-    """
-    with open(path, "wb") as raw:
-        blob_sink = _HashingSink(raw)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=blob_sink, compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
-            tar_sink = _HashingSink(gz)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=tar_sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-                for info, opener in members:
-                    if opener is not None and info.isreg():
-                        with opener() as stream:
-                            tar.addfile(info, stream)
-                    else:
-                        tar.addfile(info)
-        raw.flush()
-        os.fsync(raw.fileno())
-    digest = Digest("sha256", blob_sink.hash.hexdigest())
-    diff_id = Digest("sha256", tar_sink.hash.hexdigest())
-    return LayerBlob(digest, blob_sink.size, diff_id, lambda: open(path, "rb"))
-
-
-def tar_entry(name: str, *, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, size: int = 0,
-              uid: int = 0, gid: int = 0, linkname: str = "") -> tarfile.TarInfo:
-    """A normalized tar header: pack's mtime, empty user and group names."""
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.size = size if kind == tarfile.REGTYPE else 0
-    info.mtime = NORMALIZED_MTIME
-    info.uid, info.gid = uid, gid
-    info.uname = info.gname = ""
-    info.linkname = linkname
-    return info
-
-
-def bytes_member(name: str, data: bytes, mode: int = 0o644) -> Member:
-    return tar_entry(name, mode=mode, size=len(data)), lambda: contextlib.closing(io.BytesIO(data))  # type: ignore[return-value]
-
-
-def _dist_mode(info: tarfile.TarInfo, rel: str) -> int:
-    if info.isdir() or rel in _EXEC_NAMES or info.mode & 0o111:
-        return 0o755
-    return 0o644
-
-
-def dist_members(bp: Buildpack, entries: Iterable[Member]) -> Iterator[Member]:
-    """pack's ``toDistTar``: root-relative entries re-homed under ``cnb/buildpacks/<id>/<version>``."""
+def dist_entries(bp: Buildpack, entries: Iterable[TarEntry]) -> list[TarEntry]:
+    """pack's ``toDistTar``: root-relative entries re-homed under ``cnb/buildpacks/<id>/<version>``,
+    ``bin/build``, ``bin/detect`` and ``bin/generate`` executable. Fifos and device nodes are not
+    buildpack content and are left out."""
     id_dir = f"{BUILDPACKS_DIR}/{bp.escaped_id}"
     base = f"{id_dir}/{bp.version}"
-    yield tar_entry(id_dir, kind=tarfile.DIRTYPE, mode=0o755), None
-    yield tar_entry(base, kind=tarfile.DIRTYPE, mode=0o755), None
-    for info, opener in entries:
-        rel = posixpath.normpath(info.name)
-        if rel in (".", "/", "") or rel.startswith("../") or rel == ".." or rel.startswith("/"):
+    out = [TarEntry.dir(id_dir), TarEntry.dir(base)]
+    for e in entries:
+        if e.kind in (FIFO, CHAR, BLOCK):
             continue
-        out = tar_entry(
-            f"{base}/{rel}",
-            kind=info.type,
-            mode=_dist_mode(info, rel),
-            size=info.size,
-            linkname=f"{base}/{posixpath.normpath(info.linkname)}" if info.islnk() else info.linkname,
-        )
-        if info.ischr() or info.isblk():
-            out.devmajor, out.devminor = info.devmajor, info.devminor
-        yield out, opener
+        mode = e.mode | 0o111 if e.kind == FILE and e.path in _EXEC_NAMES else e.mode
+        out.append(replace(e, path=f"{base}/{e.path}", mode=mode))
+    return out
+
+
+def write_dist_layer(bp: Buildpack, entries: Iterable[TarEntry], workdir: Path) -> LayerBlob:
+    """The distribution layer of ``entries`` (the layer package's reproducible tar, pack's modes)."""
+    return LayerBlob.from_result(write_layer(dist_entries(bp, entries), options=DIST_TAR_OPTIONS, tmp_dir=workdir))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,48 +229,28 @@ class LayerSource:
 
 @dataclass(frozen=True)
 class DirectorySource(LayerSource):
-    """A buildpack directory (``buildpack.toml`` at its root)."""
+    """A buildpack directory (``buildpack.toml`` at its root); symlinks are kept, never followed."""
 
     path: Path
 
-    def entries(self) -> Iterator[Member]:
-        """The directory in ``filepath.Walk`` order: lexical, depth-first, not following symlinks."""
-        def walk(directory: Path, prefix: str) -> Iterator[Member]:
-            for name in sorted(os.listdir(directory)):
-                full = directory / name
-                rel = f"{prefix}{name}"
-                st = full.lstat()
-                if os.path.islink(full):
-                    yield tar_entry(rel, kind=tarfile.SYMTYPE, mode=st.st_mode & 0o7777, linkname=os.readlink(full)), None
-                elif full.is_dir():
-                    yield tar_entry(rel, kind=tarfile.DIRTYPE, mode=st.st_mode & 0o7777), None
-                    yield from walk(full, rel + "/")
-                elif full.is_file():
-                    yield tar_entry(rel, mode=st.st_mode & 0o7777, size=st.st_size), (lambda p=full: open(p, "rb"))
-                # sockets, fifos and devices in a buildpack directory are skipped
-        yield from walk(self.path, "")
-
     def layer(self, bp: Buildpack, workdir: Path) -> LayerBlob:
-        return write_tar_layer(workdir / f"{bp.escaped_id}.{bp.version}.tar.gz", dist_members(bp, self.entries()))
+        return write_dist_layer(bp, entries_from_dir(self.path), workdir)
 
 
 @dataclass(frozen=True)
 class ArchiveSource(LayerSource):
-    """A ``.tgz`` (or ``.tar``) of a buildpack directory, read in archive order."""
+    """A ``.tgz`` (or ``.tar``) of a buildpack directory."""
 
     path: Path
 
-    def entries(self) -> Iterator[Member]:
-        with tarfile.open(self.path, "r:*") as tar:
-            for info in tar:
-                if info.isreg():
-                    data_info = info
-                    yield info, (lambda i=data_info, t=tar: contextlib.closing(t.extractfile(i)))  # type: ignore[misc]
-                else:
-                    yield info, None
-
     def layer(self, bp: Buildpack, workdir: Path) -> LayerBlob:
-        return write_tar_layer(workdir / f"{bp.escaped_id}.{bp.version}.tar.gz", dist_members(bp, self.entries()))
+        tf = open_tarball(self.path, spool_dir=workdir)
+        try:
+            return write_dist_layer(bp, entries_from_tar(tf), workdir)
+        finally:
+            tf.close()
+            if tf.fileobj is not None:
+                tf.fileobj.close()
 
 
 @dataclass(frozen=True)
@@ -348,28 +264,23 @@ class PackagedLayer(LayerSource):
     def layer(self, bp: Buildpack, workdir: Path) -> LayerBlob:
         if mt.compression_of(self.descriptor.media_type) != "gzip":
             # Re-compress so every layer ocibuild adds is gzip (pack's packages always are).
-            path = workdir / f"{bp.escaped_id}.{bp.version}.tar.gz"
-            return _recompress(self, path)
+            return _recompress(self, workdir)
         return LayerBlob(self.descriptor.digest, self.descriptor.size, self.diff_id, lambda: self.opener(self.descriptor))
 
 
-def _recompress(src: PackagedLayer, path: Path) -> LayerBlob:
-    import zstandard
+def _recompress(src: PackagedLayer, workdir: Path) -> LayerBlob:
+    compression = mt.compression_of(src.descriptor.media_type)
 
-    with src.opener(src.descriptor) as stream, open(path, "wb") as raw:
-        blob_sink = _HashingSink(raw)
-        tar_hash = hashlib.sha256()
-        if mt.compression_of(src.descriptor.media_type) == "zstd":
-            stream = zstandard.ZstdDecompressor().stream_reader(stream)  # type: ignore[assignment]
-        with gzip.GzipFile(filename="", mode="wb", fileobj=blob_sink, compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
-            while chunk := stream.read(_CHUNK):
-                tar_hash.update(chunk)
-                gz.write(chunk)
-        raw.flush()
-        os.fsync(raw.fileno())
-    if Digest("sha256", tar_hash.hexdigest()) != src.diff_id:
+    def produce(out: BinaryIO) -> None:
+        with src.opener(src.descriptor) as stream:
+            shutil.copyfileobj(decompressor(stream, compression), out, _CHUNK)
+            stream.read()  # to EOF, so the blob's digest is verified
+
+    result = compress_stream(produce, tmp_dir=workdir)
+    if result.diff_id != src.diff_id:
+        result.discard()
         raise ManifestError(f"layer {src.descriptor.digest}: content does not match diffID {src.diff_id}")
-    return LayerBlob(Digest("sha256", blob_sink.hash.hexdigest()), blob_sink.size, src.diff_id, lambda: open(path, "rb"))
+    return LayerBlob.from_result(result)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import os
 import re
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -25,11 +25,7 @@ from ocibuild.cnb.buildpack import (
     NORMALIZED_TIME,
     Buildpack,
     LayerBlob,
-    Member,
-    bytes_member,
     load_buildpacks,
-    tar_entry,
-    write_tar_layer,
 )
 from ocibuild.cnb.builder import (
     LABEL_LAYERS,
@@ -45,6 +41,8 @@ from ocibuild.cnb.builder import (
 from ocibuild.cnb.descriptor import Group, GroupElement, Order, order_to_json
 from ocibuild.cnb.errors import BuildpackNotFound, IncompatibleBuildpackAPI
 from ocibuild.errors import UsageError
+from ocibuild.layer import TarEntry, TarOptions, write_layer
+from ocibuild.layer.tarwriter import SYMLINK, entries_from_tar, open_tarball
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.oci.digest import Digest
@@ -129,22 +127,25 @@ class Lifecycle:
             },
         }
 
-    def members(self) -> Iterator[Member]:
-        """pack's ``lifecycleLayer``: ``cnb/lifecycle`` + every ``<top>/<file>`` of the tgz (original
-        headers kept) + the compat symlink ``lifecycle -> /cnb/lifecycle``."""
-        yield tar_entry("cnb/lifecycle", kind=tarfile.DIRTYPE, mode=0o755), None
+    @contextlib.contextmanager
+    def entries(self, spool_dir: Path | None = None) -> Iterator[list[TarEntry]]:
+        """pack's ``lifecycleLayer``: ``cnb/lifecycle`` + every ``<top>/<file>`` of the tgz (modes
+        kept) + the compat symlink ``lifecycle -> /cnb/lifecycle``. The tgz stays open while the
+        entries are written."""
         pattern = re.compile(r"^[^/]+/([^/]+)$")
-        with tarfile.open(self.path, "r:*") as tar:
-            for info in tar:
-                match = pattern.match(os.path.normpath(info.name))
-                if not match:
-                    continue
-                info.name = f"cnb/lifecycle/{match.group(1)}"
-                if info.isreg():
-                    yield info, (lambda i=info, t=tar: contextlib.closing(t.extractfile(i)))  # type: ignore[misc]
-                else:
-                    yield info, None
-        yield tar_entry("lifecycle", kind=tarfile.SYMTYPE, mode=0o644, linkname="/cnb/lifecycle"), None
+        tf = open_tarball(self.path, spool_dir)
+        try:
+            out = [TarEntry.dir("cnb/lifecycle")]
+            for e in entries_from_tar(tf):
+                match = pattern.match(e.path)
+                if match:
+                    out.append(replace(e, path=f"cnb/lifecycle/{match.group(1)}"))
+            out.append(TarEntry("lifecycle", SYMLINK, 0o644, linkname="/cnb/lifecycle"))
+            yield out
+        finally:
+            tf.close()
+            if tf.fileobj is not None:
+                tf.fileobj.close()
 
 
 def _version_key(text: str) -> tuple[int, ...]:
@@ -382,14 +383,16 @@ def compose_builder(
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="compose-", dir=tmp_parent)))
         blobs: list[LayerBlob] = []
 
-        def add(members: Iterable[Member], name: str) -> None:
-            blobs.append(write_tar_layer(workdir / f"{len(blobs):03d}-{name}.tar.gz", members))
+        def add(entries: Iterable[TarEntry], options: TarOptions = TarOptions()) -> None:
+            """One reproducible layer; modes as given (``keep_mode``)."""
+            blobs.append(LayerBlob.from_result(write_layer(entries, options=options, tmp_dir=workdir)))
 
         # 1. default directories
-        add(_dirs_members(builder.uid, builder.gid), "dirs")
+        add(_dirs_entries(builder.uid, builder.gid))
         # 2. lifecycle
         if lifecycle is not None:
-            add(lifecycle.members(), "lifecycle")
+            with lifecycle.entries(workdir) as entries:
+                add(entries)
         # 3. buildpacks: metadata first (validation and order resolution see them all)
         known = {f"{b.get('id')}@{b.get('version')}" for b in meta["buildpacks"] or []}
         for bp in bps:
@@ -400,13 +403,13 @@ def compose_builder(
             for bp in bps:
                 _validate(bp, meta["lifecycle"], known)
         to_add: dict[str, tuple[Buildpack, LayerBlob]] = {}
-        for i, bp in enumerate(bps):
+        for bp in bps:
             blob = bp.build_layer(workdir)
             existing = (layers_md.get(bp.id) or {}).get(bp.version)
             if existing is not None:
                 if existing.get("layerDiffID") == str(blob.diff_id):
                     continue
-                add([_whiteout_member(bp)], f"whiteout-{i}")
+                add([_whiteout_entry(bp)])
             previous = to_add.get(bp.full_name)
             if previous is not None and previous[1].diff_id == blob.diff_id:
                 continue
@@ -420,7 +423,7 @@ def compose_builder(
         if replace_order:
             assert order is not None
             resolved = resolve_order(meta["buildpacks"] or [], order)
-            add([bytes_member("cnb/order.toml", order_toml(resolved).encode())], "order")
+            add([TarEntry.file("cnb/order.toml", order_toml(resolved).encode())])
             labels[LABEL_ORDER] = label_text(order_to_json(order))
             labels[LABEL_ORDER_EXTENSIONS] = label_text(
                 order_to_json(builder.order_extensions) if builder.order_extensions else None
@@ -428,13 +431,13 @@ def compose_builder(
         # 5. stack.toml and run.toml (always)
         stack_run = RunImage.from_dict((meta["stack"] or {}).get("runImage"))
         images = [RunImage.from_dict(i) for i in meta["images"] or []]
-        add([bytes_member("cnb/stack.toml", stack_toml(stack_run, images).encode())], "stack")
-        add([bytes_member("cnb/run.toml", run_toml(images).encode())], "run")
+        add([TarEntry.file("cnb/stack.toml", stack_toml(stack_run, images).encode())])
+        add([TarEntry.file("cnb/run.toml", run_toml(images).encode())])
         # 6. build-config env (builder.toml [[build.env]])
         if build_config_env:
-            add(_build_config_members(build_config_env), "build-config-env")
+            add(_build_config_entries(build_config_env))
         # 7. platform env (always, sorted)
-        add([bytes_member(f"platform/env/{k}", env[k].encode()) for k in sorted(env)], "env")
+        add([TarEntry.file(f"platform/env/{k}", env[k].encode()) for k in sorted(env)])
 
         meta["createdBy"] = {"name": CREATOR_NAME, "version": ocibuild.__version__}
         labels[LABEL_METADATA] = label_text(meta)
@@ -482,29 +485,26 @@ def _sorted_layers(layers_md: Mapping[str, Mapping[str, Any]]) -> dict[str, dict
     return {k: {v: dict(layers_md[k][v]) for v in sorted(layers_md[k])} for k in sorted(layers_md)}
 
 
-def _dirs_members(uid: int, gid: int) -> list[Member]:
+def _dirs_entries(uid: int, gid: int) -> list[TarEntry]:
     """pack's ``defaultDirsLayer``: workspace and layers owned by the build user, the rest by root."""
-    out: list[Member] = [
-        (tar_entry("workspace", kind=tarfile.DIRTYPE, mode=0o755, uid=uid, gid=gid), None),
-        (tar_entry("layers", kind=tarfile.DIRTYPE, mode=0o755, uid=uid, gid=gid), None),
-    ]
+    out = [TarEntry.dir("workspace", uid=uid, gid=gid), TarEntry.dir("layers", uid=uid, gid=gid)]
     for path in ("cnb", "cnb/buildpacks", "cnb/extensions", "platform", "platform/env",
                  "cnb/build-config", "cnb/build-config/env"):
-        out.append((tar_entry(path, kind=tarfile.DIRTYPE, mode=0o755), None))
+        out.append(TarEntry.dir(path))
     return out
 
 
-def _whiteout_member(bp: Buildpack) -> Member:
-    return bytes_member(f"cnb/buildpacks/{bp.escaped_id}/.wh.{bp.version}", b"")
+def _whiteout_entry(bp: Buildpack) -> TarEntry:
+    return TarEntry.file(f"cnb/buildpacks/{bp.escaped_id}/.wh.{bp.version}", b"")
 
 
-def _build_config_members(envs: Sequence[BuildConfigEnv]) -> list[Member]:
-    out: list[Member] = []
+def _build_config_entries(envs: Sequence[BuildConfigEnv]) -> list[TarEntry]:
+    out: list[TarEntry] = []
     for e in sorted(envs, key=lambda e: (e.name, e.suffix)):
         name = f"{e.name}.{e.suffix}" if e.suffix else e.name
-        out.append(bytes_member(f"cnb/build-config/env/{name}", e.value.encode()))
+        out.append(TarEntry.file(f"cnb/build-config/env/{name}", e.value.encode()))
         if e.delim:
-            out.append(bytes_member(f"cnb/build-config/env/{e.name}.delim", e.delim.encode()))
+            out.append(TarEntry.file(f"cnb/build-config/env/{e.name}.delim", e.delim.encode()))
     return out
 
 
