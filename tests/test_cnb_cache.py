@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cnb_export_support import make_layers_dir, make_run_image
 from ocibuild.cnb.cache import CACHE_LABEL, DirCache, ImageCache, restore
-from ocibuild.cnb.export import ExportOptions, RunImage, export, previous_metadata, read_build_result
+from ocibuild.cnb.export import ExportOptions, RunImageSource, export, previous_metadata, read_build_result
 from ocibuild.store.base import load_config, load_manifest
 from ocibuild.store.layout import LayoutStore
 
@@ -27,7 +27,7 @@ def _round_trip(tmp_path: Path, cache) -> None:
     runs = LayoutStore(tmp_path / "runs", create=True)
     make_run_image(runs, "run")
     app = LayoutStore(tmp_path / "app", create=True)
-    export(app, "app", RunImage(runs, "run", "example.com/run"), ExportOptions(layers, tmp_path / "workspace"))
+    export(app, "app", RunImageSource(runs, "run", "example.com/run"), ExportOptions(layers, tmp_path / "workspace"))
     group = list(read_build_result(layers).buildpacks)
     fresh = tmp_path / "fresh"
     got = restore(cache, fresh, group, previous=previous_metadata(app, "app"))
@@ -73,7 +73,7 @@ def test_second_build_uploads_nothing(tmp_path: Path) -> None:
     app = LayoutStore(tmp_path / "app", create=True)
     cache = DirCache(tmp_path / "cache")
     opts = ExportOptions(tmp_path / "layers", tmp_path / "workspace")
-    first = export(app, "app", RunImage(runs, "run", "example.com/run"), opts)
+    first = export(app, "app", RunImageSource(runs, "run", "example.com/run"), opts)
     cache.save(tmp_path / "layers")
     group = list(read_build_result(tmp_path / "layers").buildpacks)
     # Second build: a fresh layers dir from the cache; the buildpacks keep runtime and deps as they are.
@@ -85,7 +85,7 @@ def test_second_build_uploads_nothing(tmp_path: Path) -> None:
         src, dst = saved / keep, tmp_path / "layers" / keep
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
-    second = export(app, "app", RunImage(runs, "run", "example.com/run"), opts,
+    second = export(app, "app", RunImageSource(runs, "run", "example.com/run"), opts,
                     previous=previous_metadata(app, "app"))
     assert second.uploaded == ()
     assert [l.descriptor.digest for l in second.layers] == [l.descriptor.digest for l in first.layers]

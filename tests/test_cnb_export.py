@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cnb_export_support import make_layers_dir, make_run_image
-from ocibuild.cnb.export import ExportOptions, RunImage, export, previous_metadata
+from ocibuild.cnb.export import ExportOptions, RunImageSource, export, previous_metadata
 from ocibuild.store.base import load_config, load_manifest
 from ocibuild.store.layout import LayoutStore
 
@@ -26,7 +26,7 @@ def _export(tmp_path: Path, layout: Path, tag: str = "app", **kw) -> tuple:
         make_layers_dir(tmp_path)
     target = LayoutStore(layout, create=True)
     opts = ExportOptions(layers_dir=layers, app_dir=app, uid=1000, gid=1000, **kw)
-    result = export(target, tag, RunImage(run_store, "run", "example.com/run:latest", ("mirror.example/run",)), opts)
+    result = export(target, tag, RunImageSource(run_store, "run", "example.com/run:latest", ("mirror.example/run",)), opts)
     return target, result
 
 
@@ -133,7 +133,7 @@ def test_launch_layer_reused_from_previous_image(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "layers" / "test_app" / "deps")
     prev = previous_metadata(target, "app")
     run_store = LayoutStore(tmp_path / "run")
-    second = export(target, "app2", RunImage(run_store, "run", "example.com/run:latest", ("mirror.example/run",)),
+    second = export(target, "app2", RunImageSource(run_store, "run", "example.com/run:latest", ("mirror.example/run",)),
                     ExportOptions(layers_dir=tmp_path / "layers", app_dir=tmp_path / "workspace"), previous=prev)
     assert second.descriptor.digest == first.descriptor.digest
     assert second.uploaded == ()

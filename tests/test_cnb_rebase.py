@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cnb_export_support import make_layers_dir, make_run_image
-from ocibuild.cnb.export import ExportOptions, RunImage, export
+from ocibuild.cnb.export import ExportOptions, RunImageSource, export
 from ocibuild.cnb.inspect import cnb_lines, cnb_view
 from ocibuild.cnb.rebase import RebaseError, rebase
 from ocibuild.oci.manifest import ImageConfig, Manifest
@@ -24,7 +24,7 @@ def built(tmp_path: Path) -> tuple[LayoutStore, LayoutStore, object]:
     make_run_image(runs, "v1", marker="run-1")
     make_run_image(runs, "v2", marker="run-2")
     app = LayoutStore(tmp_path / "app", create=True)
-    result = export(app, "app", RunImage(runs, "v1", "example.com/run:v1", ("mirror.example/run",)),
+    result = export(app, "app", RunImageSource(runs, "v1", "example.com/run:v1", ("mirror.example/run",)),
                     ExportOptions(layers_dir=tmp_path / "layers", app_dir=tmp_path / "workspace"))
     return runs, app, result
 

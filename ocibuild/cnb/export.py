@@ -245,13 +245,19 @@ def _slice_entries(app_dir: Path, image_app: str, slices: tuple[tuple[str, ...],
 
 # -- the export -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class RunImage:
-    """The run image: where it is, what to call it in ``runImage.image`` and its mirrors."""
+class RunImageSource:
+    """Where the exporter reads the run image (``store`` + ``identifier``), what to call it in
+    ``runImage.image`` and its mirrors. Not ``builder.RunImage``, which is only the name+mirrors
+    record of a builder's labels."""
 
     store: Store
     identifier: str
     name: str
     mirrors: tuple[str, ...] = ()
+
+
+RunImage = RunImageSource
+"""Old name, kept for callers (``ocibuild.cnb.pipeline``)."""
 
 
 @dataclass(frozen=True)
@@ -368,7 +374,7 @@ def _store_metadata(layers_dir: Path, bp: GroupBuildpack) -> dict[str, Any] | No
 def export(
     target: Store,
     tag: str | None,
-    run: RunImage,
+    run: RunImageSource,
     options: ExportOptions,
     *,
     previous: Mapping[str, Any] | None = None,
@@ -551,7 +557,7 @@ def export(
         work.rmdir()
 
 
-def _run_reference(run: RunImage, run_desc: Descriptor) -> str:
+def _run_reference(run: RunImageSource, run_desc: Descriptor) -> str:
     """``runImage.reference``: the run image by digest (``<repo>@sha256:…`` for registries)."""
     repo = run.name.split("@", 1)[0]
     last = repo.rsplit("/", 1)[-1]
@@ -603,7 +609,7 @@ def previous_metadata(store: Store, identifier: str) -> dict[str, Any] | None:
     return md
 
 
-def _write_image(target: Store, run: RunImage, run_manifest: Manifest, added: list[BuiltLayer],
+def _write_image(target: Store, run: RunImageSource, run_manifest: Manifest, added: list[BuiltLayer],
                  config: ImageConfig, say: Callable[[str], None]) -> list[Digest]:
     """Run layers by mount/copy (skipped when present), new layers from their files, then the config."""
     from ocibuild.transfer.copy import GraphCopier
