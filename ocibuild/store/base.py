@@ -9,10 +9,10 @@ from __future__ import annotations
 import io
 from typing import BinaryIO, Callable, ContextManager, Iterable, Protocol, runtime_checkable
 
-from ocibuild.errors import ManifestError
+from ocibuild.errors import DigestMismatch, ManifestError
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor
-from ocibuild.oci.digest import Digest, Hasher
+from ocibuild.oci.digest import CHUNK, Digest, Hasher
 from ocibuild.oci.manifest import MAX_MANIFEST_BYTES, AnyManifest, ImageConfig, load_json, parse_manifest
 
 Progress = Callable[[int], None]
@@ -65,42 +65,139 @@ class Store(Protocol):
 
 
 class VerifyingReader(io.RawIOBase):
-    """Wraps a stream; hashes what passes through and raises ``DigestMismatch`` at EOF.
+    """Wraps a stream; hashes what passes through and raises ``DigestMismatch`` when it is wrong.
 
-    The check also fires if the stream runs past the announced size, so a lying server cannot
-    make a reader consume unbounded data.
+    The digest is checked the moment the announced size has been read (and again at EOF), and a
+    stream running past the announced size fails at once, so a lying server cannot make a reader
+    consume unbounded data. ``on_read(n)`` (optional, settable later) is told the bytes delivered:
+    progress bars count here, so no second wrapper copies the data. ``readinto`` reads straight
+    into the caller's buffer when the wrapped stream can, so no bytes are copied in Python.
     """
 
-    def __init__(self, raw: BinaryIO, desc: Descriptor, on_close: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        raw: BinaryIO,
+        desc: Descriptor,
+        on_close: Callable[[], None] | None = None,
+        on_read: Progress | None = None,
+    ):
         super().__init__()
         self._raw = raw
+        self._raw_readinto = getattr(raw, "readinto", None)
+        self.desc = desc
         self._hasher = Hasher(desc.digest.algorithm, expected=desc.digest, expected_size=desc.size)
         self._on_close = on_close
+        self.on_read = on_read
         self.verified = False
+
+    @property
+    def consumed(self) -> int:
+        """Bytes delivered so far."""
+        return self._hasher.size
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer)
-        chunk = self._raw.read(len(view))
-        n = len(chunk)
+    def _account(self, data: bytes | memoryview) -> None:
+        n = len(data)
         if n == 0:
             if not self.verified:
                 self._hasher.verify()
                 self.verified = True
-            return 0
-        view[:n] = chunk
-        self._hasher.update(view[:n])
+            return
+        self._hasher.update(data)  # raises as soon as the stream runs past the announced size
+        if self._hasher.size == self.desc.size and not self.verified:
+            self._hasher.verify()
+            self.verified = True
+        if self.on_read is not None:
+            self.on_read(n)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if self._raw_readinto is not None:
+            n = self._raw_readinto(view) or 0
+        else:
+            chunk = self._raw.read(len(view))
+            n = len(chunk)
+            view[:n] = chunk
+        self._account(view[:n])
         return n
 
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        data = self._raw.read(size)
+        self._account(data)
+        return data
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
+
     def close(self) -> None:
+        if self.closed:
+            return
         try:
             if self._on_close is not None:
                 self._on_close()
             self._raw.close()
         finally:
             super().close()
+
+
+def verifier_of(stream: object, desc: Descriptor) -> VerifyingReader | None:
+    """The ``VerifyingReader`` behind ``stream`` if it checks exactly ``desc`` (digest and size).
+
+    Such a stream needs no second hash: a sink that reads it to EOF and counts exactly
+    ``desc.size`` bytes has received verified content (see ``copy_stream``). A ``BufferedReader``
+    over a verifier counts too: what it delivers is what the verifier produced, in order.
+    """
+    reader = stream.raw if isinstance(stream, io.BufferedReader) else stream
+    if isinstance(reader, VerifyingReader) and reader.desc.digest == desc.digest and reader.desc.size == desc.size:
+        return reader
+    return None
+
+
+def copy_stream(
+    stream: BinaryIO,
+    write: Callable[[memoryview], object],
+    desc: Descriptor,
+    progress: Progress | None = None,
+    buffer_size: int = CHUNK,
+) -> None:
+    """Move ``stream`` to ``write`` through one reusable buffer, verified against ``desc``.
+
+    Hashes unless ``stream`` already verifies ``desc`` (then the bytes are hashed once, by the
+    reader). Raises ``DigestMismatch`` on a wrong digest or size; the caller discards what it wrote.
+    """
+    verifier = verifier_of(stream, desc)
+    hasher = None if verifier is not None else Hasher(desc.digest.algorithm, expected=desc.digest, expected_size=desc.size)
+    buf = memoryview(bytearray(buffer_size))
+    readinto = getattr(stream, "readinto", None)
+    total = 0
+    while True:
+        if readinto is not None:
+            n = readinto(buf) or 0
+            data = buf[:n]
+        else:
+            data = memoryview(stream.read(buffer_size))
+            n = len(data)
+        if not n:
+            break
+        total += n
+        if hasher is not None:
+            hasher.update(data)
+        elif total > desc.size:
+            raise DigestMismatch(f"blob {desc.digest}: more than the announced {desc.size} bytes")
+        write(data)
+        if progress is not None:
+            progress(n)
+    if hasher is not None:
+        hasher.verify()
+    elif total != desc.size or not verifier.verified:  # type: ignore[union-attr]
+        raise DigestMismatch(f"blob {desc.digest}: size {total}, expected {desc.size}")
 
 
 def verify_bytes(desc: Descriptor, data: bytes) -> None:

@@ -29,9 +29,9 @@ from typing import BinaryIO, Callable, Iterator
 from ocibuild.errors import InvalidReference, ManifestError, NotFound, StoreError
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import ANNOTATION_REF_NAME, Descriptor
-from ocibuild.oci.digest import CHUNK, Digest, Hasher
+from ocibuild.oci.digest import Digest
 from ocibuild.oci.manifest import MAX_MANIFEST_BYTES, Index, canonical_json, load_json, parse_manifest
-from ocibuild.store.base import Progress, VerifyingReader, digest_arg, verify_bytes
+from ocibuild.store.base import Progress, VerifyingReader, copy_stream, digest_arg, verify_bytes
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
@@ -45,6 +45,20 @@ BeforePublish = Callable[[Descriptor], None]
 
 # annotations.md: the characters allowed in org.opencontainers.image.ref.name.
 _REF_NAME = re.compile(r"^[A-Za-z0-9._:@/+-]+$")
+
+
+# Small reads (tar headers) come from this buffer; large ones bypass it.
+_READ_BUFFER = 64 * 1024
+
+
+def _writer(fd: int) -> Callable[[memoryview], None]:
+    """``write`` for ``copy_stream``: all of a buffer to a raw fd, no Python-level copy."""
+
+    def write(data: memoryview) -> None:
+        while data:
+            data = data[os.write(fd, data):]
+
+    return write
 
 
 def _fsync_dir(path: Path) -> None:
@@ -228,14 +242,17 @@ class LayoutStore:
 
     @contextlib.contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[BinaryIO]:
-        """A stream of the blob that raises ``DigestMismatch`` at EOF if the file was tampered with."""
+        """A stream of the blob that raises ``DigestMismatch`` if the file was tampered with.
+
+        Large ``read``/``readinto`` calls go straight from the file into the caller's buffer.
+        """
         try:
-            fh = open(self.blob_path(desc.digest), "rb")
+            fh = open(self.blob_path(desc.digest), "rb", buffering=_READ_BUFFER)
         except FileNotFoundError:
             raise NotFound(f"blob {desc.digest} not found in {self.name}") from None
         reader = VerifyingReader(fh, desc)  # type: ignore[arg-type]
         try:
-            yield io.BufferedReader(reader, CHUNK)  # type: ignore[misc]
+            yield reader  # type: ignore[misc]
         finally:
             reader.close()
 
@@ -252,22 +269,12 @@ class LayoutStore:
         """
         if self.has_blob(desc):
             return
-        hasher = Hasher(desc.digest.algorithm, expected=desc.digest, expected_size=desc.size)
         target = self.blob_path(desc.digest)
         fh, tmp = self.new_temp_file()
         try:
             with fh:
-                while True:
-                    chunk = stream.read(CHUNK)
-                    if not chunk:
-                        break
-                    hasher.update(chunk)
-                    fh.write(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-                fh.flush()
+                copy_stream(stream, _writer(fh.fileno()), desc, progress)
                 os.fsync(fh.fileno())
-            hasher.verify()
             self._publish(tmp, target, desc, before_publish)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -286,13 +293,10 @@ class LayoutStore:
             finally:
                 path.unlink(missing_ok=True)
             return
-        hasher = Hasher(desc.digest.algorithm, expected=desc.digest, expected_size=desc.size)
         try:
-            with open(path, "rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    hasher.update(chunk)
+            with open(path, "rb", buffering=0) as fh:
+                copy_stream(fh, lambda _: None, desc)  # type: ignore[arg-type]
                 os.fsync(fh.fileno())
-            hasher.verify()
             self._publish(path, self.blob_path(desc.digest), desc, before_publish)
         except BaseException:
             path.unlink(missing_ok=True)

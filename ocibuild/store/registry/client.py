@@ -49,6 +49,20 @@ Body = bytes | Callable[[], Any] | None
 A factory lets retries and auth round trips resend a stream (it rewinds, or refuses to)."""
 
 
+# Requests read an upload body in blocks of this size (urllib3's default is 16 KiB: a Python
+# round trip through the body reader per 16 KiB); connections kept per host for parallel blobs.
+_SEND_BLOCK = 1 << 20
+_POOL_SIZE = 32
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """The default adapter with large send blocks."""
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        pool_kwargs.setdefault("blocksize", _SEND_BLOCK)
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+
 def _sleep(seconds: float) -> None:
     """Indirection so tests can record waits instead of sleeping."""
     time.sleep(seconds)
@@ -132,6 +146,9 @@ class RegistryClient:
         self.options = options or RegistryOptions()
         self._session = requests.Session()
         self._session.headers["User-Agent"] = self.options.user_agent
+        adapter = _Adapter(pool_maxsize=_POOL_SIZE)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
         # passed on every request: with trust_env, REQUESTS_CA_BUNDLE would override Session.verify
         self._verify = self.options.verify_for(self.registry)
         if self._verify is False:
@@ -164,8 +181,17 @@ class RegistryClient:
         return f"{self.scheme}://{self.host}"
 
     def _probe_scheme(self) -> str:
-        if not (is_loopback_host(self.host) or self.options.is_insecure(self.registry)):
+        """Non-loopback hosts: ``https`` (an ``insecure`` one falls back to ``http`` if TLS fails).
+
+        A loopback host is asked in plain HTTP first (one cheap ``GET /v2/`` on a connection the
+        transfer reuses, no TLS context built): a registry that speaks TLS answers that with 400
+        or drops the connection, and is then spoken to over ``https``.
+        """
+        loopback = is_loopback_host(self.host)
+        if not (loopback or self.options.is_insecure(self.registry)):
             return "https"
+        if loopback and self._speaks_plain_http():
+            return "http"
         try:
             self._session.get(
                 f"https://{self.host}/v2/",
@@ -182,6 +208,17 @@ class RegistryClient:
             return "http"
         except requests.RequestException:
             return "http"
+
+    def _speaks_plain_http(self) -> bool:
+        try:
+            resp = self._session.get(
+                f"http://{self.host}/v2/", timeout=min(self.options.timeout, 10), allow_redirects=False
+            )
+        except requests.RequestException:
+            return False
+        status = resp.status_code
+        resp.close()
+        return status != 400
 
     def close(self) -> None:
         self._session.close()

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_ACCEPT = ", ".join(mt.MANIFEST_ACCEPT)
 SMALL_BLOB = 1024 * 1024
+# Small reads (tar headers) are served from this buffer; large reads go straight to the socket.
+_READ_BUFFER = 64 * 1024
 _TAGS_PAGE = 1000
 _FALLBACK_BAD = re.compile(r"[^a-zA-Z0-9_.-]")
 
@@ -57,16 +59,22 @@ def _read_capped(resp: requests.Response, what: str, limit: int = MAX_MANIFEST_B
 
 
 class _BodyReader:
-    """A response body as a plain ``read(n)`` stream; transport failures become ``RegistryError``."""
+    """A response body as ``read(n)``/``readinto(b)``; transport failures become ``RegistryError``.
 
-    def __init__(self, resp: requests.Response, what: str):
+    An identity-encoded body (what we ask for) is read without urllib3's decode buffering: each
+    ``read(n)`` is one buffered socket read. A body the server encoded anyway is decoded, since
+    the digest is of the blob.
+    """
+
+    def __init__(self, resp: requests.Response, what: str, encoded: bool):
         self._resp = resp
         self._what = what
-        resp.raw.decode_content = True  # undo a transfer Content-Encoding; the digest is of the blob
+        self._decode = encoded
+        resp.raw.decode_content = encoded
 
     def read(self, n: int = -1) -> bytes:
         try:
-            return self._resp.raw.read(None if n is None or n < 0 else n)
+            return self._resp.raw.read(None if n is None or n < 0 else n, decode_content=self._decode)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise RegistryError(f"{self._what}: connection lost while reading ({type(exc).__name__})") from None
 
@@ -82,6 +90,9 @@ class RegistryStore:
         self._owns_client = client is None
         self._client = client or RegistryClient(ref.registry, options)
         self._fallback_lock = threading.Lock()
+        # Digests a HEAD just reported missing: the put_blob that typically follows (copy checks
+        # first, to count skips) need not ask again. Stale at worst means one redundant upload.
+        self._absent: set[Digest] = set()
 
     def __repr__(self) -> str:
         return f"RegistryStore({self.name!r})"
@@ -257,8 +268,10 @@ class RegistryStore:
         resp = self._client.request("HEAD", self._blob_url(desc.digest), scopes=self._pull)
         resp.close()
         if resp.status_code == 200:
+            self._absent.discard(desc.digest)
             return True
         if resp.status_code == 404:
+            self._absent.add(desc.digest)
             return False
         raise self._fail(resp, f"blob {desc.digest.short()}")
 
@@ -278,15 +291,17 @@ class RegistryStore:
         if not encoded and length and length.isdigit() and int(length) != desc.size:
             resp.close()
             raise DigestMismatch(f"{self.name}: blob {desc.digest} is {length} bytes, expected {desc.size}")
-        raw = _BodyReader(resp, f"{self.name}: blob {desc.digest.short()}")
-        reader = io.BufferedReader(VerifyingReader(raw, desc, on_close=resp.close), buffer_size=1 << 20)
+        raw = _BodyReader(resp, f"{self.name}: blob {desc.digest.short()}", encoded)
+        reader = io.BufferedReader(VerifyingReader(raw, desc, on_close=resp.close), buffer_size=_READ_BUFFER)  # type: ignore[arg-type]
         try:
             yield reader  # type: ignore[misc]
         finally:
             reader.close()
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO, progress: Progress | None = None) -> None:
-        if self.has_blob(desc):
+        if desc.digest in self._absent:
+            self._absent.discard(desc.digest)
+        elif self.has_blob(desc):
             return
         upload = BlobUpload(self._client, self.repository, desc, self._push)
         upload.start()
