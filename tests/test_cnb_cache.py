@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cnb_export_support import make_layers_dir, make_run_image
 from ocibuild.cnb.cache import CACHE_LABEL, DirCache, ImageCache, restore
-from ocibuild.cnb.export import ExportOptions, RunImageSource, export, previous_metadata, read_build_result
+from ocibuild.cnb.export import ExportOptions, RunImageSource, export, previous_metadata, read_build_output
 from ocibuild.store.base import load_config, load_manifest
 from ocibuild.store.layout import LayoutStore
 
@@ -28,7 +28,7 @@ def _round_trip(tmp_path: Path, cache) -> None:
     make_run_image(runs, "run")
     app = LayoutStore(tmp_path / "app", create=True)
     export(app, "app", RunImageSource(runs, "run", "example.com/run"), ExportOptions(layers, tmp_path / "workspace"))
-    group = list(read_build_result(layers).buildpacks)
+    group = list(read_build_output(layers).buildpacks)
     fresh = tmp_path / "fresh"
     got = restore(cache, fresh, group, previous=previous_metadata(app, "app"))
     assert sorted(got.content) == ["test/runtime:cache-only", "test/runtime:runtime"]
@@ -75,7 +75,7 @@ def test_second_build_uploads_nothing(tmp_path: Path) -> None:
     opts = ExportOptions(tmp_path / "layers", tmp_path / "workspace")
     first = export(app, "app", RunImageSource(runs, "run", "example.com/run"), opts)
     cache.save(tmp_path / "layers")
-    group = list(read_build_result(tmp_path / "layers").buildpacks)
+    group = list(read_build_output(tmp_path / "layers").buildpacks)
     # Second build: a fresh layers dir from the cache; the buildpacks keep runtime and deps as they are.
     saved = tmp_path / "saved"
     shutil.copytree(tmp_path / "layers", saved)

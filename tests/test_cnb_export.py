@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cnb_export_support import make_layers_dir, make_run_image
-from ocibuild.cnb.export import ExportOptions, RunImageSource, export, previous_metadata
+from ocibuild.cnb.descriptor import GroupElement
+from ocibuild.cnb.export import ExportError, ExportOptions, RunImageSource, export, previous_metadata, read_build_output
 from ocibuild.store.base import load_config, load_manifest
 from ocibuild.store.layout import LayoutStore
 
@@ -183,3 +184,18 @@ def test_image_runs_under_podman(tmp_path: Path) -> None:
         assert "ARGS=first,from-podman" in proc.stdout and "LIST=z,a,b" in proc.stdout
     finally:
         subprocess.run(["podman", "rmi", "-f", result.config.digest.encoded], capture_output=True)
+
+
+def test_group_is_read_as_group_elements(tmp_path: Path) -> None:
+    layers = tmp_path / "layers"
+    layers.mkdir()
+    (layers / "group.toml").write_text(
+        '[[group]]\nid = "acme/a"\nversion = "1.0"\n\n'
+        '[[group]]\nid = "acme/b"\nversion = "2.0"\napi = "0.9"\nhomepage = "https://b.test"\n')
+    assert read_build_output(layers).buildpacks == (
+        GroupElement("acme/a", "1.0", api="0.10"),  # no api in group.toml: 0.10 is assumed
+        GroupElement("acme/b", "2.0", api="0.9", homepage="https://b.test"),
+    )
+    (layers / "group.toml").write_text('[[group]]\nid = "app"\nversion = "1"\n')
+    with pytest.raises(ExportError, match="reserved"):
+        read_build_output(layers)

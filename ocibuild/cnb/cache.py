@@ -26,7 +26,8 @@ from typing import Any, BinaryIO, Iterator, Mapping, Protocol
 
 import tomli_w
 
-from ocibuild.cnb.export import GroupBuildpack, _dir_entries, escape_id, read_build_result
+from ocibuild.cnb.descriptor import GroupElement
+from ocibuild.cnb.export import _dir_entries, escape_id, read_build_output
 from ocibuild.cnb.errors import CNBError
 from ocibuild.errors import NotFound
 from ocibuild.layer.compress import compress_stream, decompressor
@@ -49,7 +50,7 @@ class CacheError(CNBError):
 class CachedLayer:
     """One cache layer as built: where its plain tar is and what the metadata says."""
 
-    buildpack: GroupBuildpack
+    buildpack: GroupElement
     name: str
     diff_id: Digest
     metadata: Mapping[str, Any]
@@ -74,8 +75,8 @@ class SaveResult:
     reused: tuple[str, ...]
 
 
-def _cache_layers(layers_dir: Path) -> list[tuple[GroupBuildpack, str, Path, dict[str, Any]]]:
-    build = read_build_result(layers_dir)
+def _cache_layers(layers_dir: Path) -> list[tuple[GroupElement, str, Path, dict[str, Any]]]:
+    build = read_build_output(layers_dir)
     out = []
     for lay in build.layers:
         if lay.cache and lay.has_content:
@@ -89,7 +90,7 @@ def _tar_layer(path: Path, image_path: str, uid: int, gid: int, media_type: str,
     return compress_stream(lambda out: write_tar(out, entries, TarOptions()), media_type=media_type, tmp_dir=tmp_dir)
 
 
-def _metadata_doc(items: list[tuple[GroupBuildpack, str, str, dict[str, Any]]]) -> dict[str, Any]:
+def _metadata_doc(items: list[tuple[GroupElement, str, str, dict[str, Any]]]) -> dict[str, Any]:
     bps: dict[str, dict[str, Any]] = {}
     for bp, name, sha, md in items:
         entry = bps.setdefault(bp.id, {"key": bp.id, "version": bp.version, "layers": {}})
@@ -245,7 +246,7 @@ def _write_layer_files(bp_dir: Path, name: str, md: Mapping[str, Any], sha: str)
 def restore(
     cache: LayerCache | None,
     layers_dir: str | os.PathLike[str],
-    group: list[GroupBuildpack],
+    group: list[GroupElement],
     *,
     previous: Mapping[str, Any] | None = None,
     image_layers_dir: str = "/layers",

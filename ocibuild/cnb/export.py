@@ -14,15 +14,15 @@ import glob
 import os
 import tempfile
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import tomli_w
 
-from ocibuild.cnb.descriptor import escape_id
-from ocibuild.cnb.errors import CNBError
+from ocibuild.cnb.descriptor import GroupElement, escape_id, parse_group_element
+from ocibuild.cnb.errors import CNBError, DescriptorError
 from ocibuild.cnb.launcher import PROCESS_TABLE_NAME, LaunchProcess, launcher_bytes, render_process_table
 from ocibuild.errors import ManifestError, UsageError
 from ocibuild.layer.compress import LayerResult, compress_stream
@@ -50,19 +50,21 @@ class ExportError(CNBError):
 
 
 # -- what the build phase left ------------------------------------------------------------------
-@dataclass(frozen=True)
-class GroupBuildpack:
-    id: str
-    version: str
-    api: str = "0.10"
-    homepage: str = ""
+DEFAULT_GROUP_API = "0.10"
+"""The Buildpack API assumed for a group entry that does not say (older group.toml files)."""
+
+
+def GroupBuildpack(id: str, version: str, api: str = DEFAULT_GROUP_API, homepage: str = "") -> GroupElement:  # noqa: N802
+    """Old constructor, kept for callers (``ocibuild.cnb.pipeline``): a group entry is a
+    ``descriptor.GroupElement``; pass the detected group's elements directly instead."""
+    return GroupElement(id, version, api=api, homepage=homepage)
 
 
 @dataclass(frozen=True)
 class LayerInfo:
     """One ``<layers>/<bp>/<name>/`` directory with the types and metadata of its ``<name>.toml``."""
 
-    buildpack: GroupBuildpack
+    buildpack: GroupElement
     name: str
     path: Path
     launch: bool
@@ -76,11 +78,14 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
-class BuildResult:
-    """What ``<layers>`` says after the build: group, processes, labels, slices, layers."""
+class BuildOutput:
+    """What ``<layers>`` says after the build (the lifecycle's on-disk contract, read back):
+    group, processes, labels, slices, layers. ``cnb.build.BuildResult`` is what ``build()``
+    returns in memory; the exporter and the cache read this instead, so they work on any
+    layers directory the build phase left, whoever ran it."""
 
     layers_dir: Path
-    buildpacks: tuple[GroupBuildpack, ...]
+    buildpacks: tuple[GroupElement, ...]
     processes: tuple[LaunchProcess, ...]
     labels: tuple[tuple[str, str], ...]
     slices: tuple[tuple[str, ...], ...]
@@ -119,7 +124,15 @@ def _process(raw: Mapping[str, Any], bp_id: str) -> LaunchProcess:
     )
 
 
-def read_build_result(layers_dir: str | os.PathLike[str]) -> BuildResult:
+def _group_element(table: Any, where: str) -> GroupElement:
+    try:
+        element = parse_group_element(table, where)
+    except DescriptorError as exc:
+        raise ExportError(str(exc)) from None
+    return element if element.api else replace(element, api=DEFAULT_GROUP_API)
+
+
+def read_build_output(layers_dir: str | os.PathLike[str]) -> BuildOutput:
     """Read the lifecycle's on-disk format: ``group.toml``, ``config/metadata.toml`` or the launch.tomls."""
     layers = Path(layers_dir)
     group_doc = _read_toml(layers / "group.toml")
@@ -127,8 +140,7 @@ def read_build_result(layers_dir: str | os.PathLike[str]) -> BuildResult:
     meta = _read_toml(meta_path)
     group_src = group_doc.get("group") or meta.get("buildpacks") or []
     buildpacks = tuple(
-        GroupBuildpack(str(b["id"]), str(b.get("version", "")), str(b.get("api", "0.10")), str(b.get("homepage", "")))
-        for b in group_src
+        _group_element(b, str(layers / "group.toml")) for b in group_src
     )
     if not buildpacks:
         raise ExportError(f"{layers}: no buildpack group (group.toml or config/metadata.toml)")
@@ -166,7 +178,7 @@ def read_build_result(layers_dir: str | os.PathLike[str]) -> BuildResult:
                 bp, name, bp_dir / name, bool(types.get("launch")), bool(types.get("build")),
                 bool(types.get("cache")), doc.get("metadata") or {},
             ))
-    return BuildResult(
+    return BuildOutput(
         layers, buildpacks, tuple(processes), tuple(labels), tuple(slices), default, tuple(layer_infos),
         meta_path if meta else None,
     )
@@ -303,7 +315,7 @@ def created_time(creation_time: int | None) -> str:
     return datetime.fromtimestamp(creation_time, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _sbom_entries(build: BuildResult, image_layers: str) -> list[TarEntry]:
+def _sbom_entries(build: BuildOutput, image_layers: str) -> list[TarEntry]:
     """``<layers>/sbom/launch/<bp>/<layer>/sbom.<ext>`` from each launch layer's ``<layer>.sbom.<ext>``."""
     base = normalize_path(image_layers)
     existing = build.layers_dir / "sbom" / "launch"
@@ -330,7 +342,7 @@ def _sbom_entries(build: BuildResult, image_layers: str) -> list[TarEntry]:
     return [TarEntry(d, DIR, 0o755) for d in sorted(dirs)] + files
 
 
-def _metadata_toml(build: BuildResult, default: str | None) -> bytes:
+def _metadata_toml(build: BuildOutput, default: str | None) -> bytes:
     """``config/metadata.toml`` as written by the build phase, or rebuilt from launch.tomls."""
     if build.metadata_toml is not None:
         return build.metadata_toml.read_bytes()
@@ -366,7 +378,7 @@ def _set_env(env: list[str], key: str, value: str) -> list[str]:
     return out
 
 
-def _store_metadata(layers_dir: Path, bp: GroupBuildpack) -> dict[str, Any] | None:
+def _store_metadata(layers_dir: Path, bp: GroupElement) -> dict[str, Any] | None:
     store = _read_toml(layers_dir / escape_id(bp.id) / "store.toml")
     return {"metadata": store.get("metadata", {})} if store else None
 
@@ -386,7 +398,7 @@ def export(
     the buildpack kept without content (only ``<layer>.toml``) is reused from it by diffID.
     """
     say = progress or (lambda _msg: None)
-    build = read_build_result(options.layers_dir)
+    build = read_build_output(options.layers_dir)
     run_desc, run_manifest = load_manifest(run.store, run.identifier)
     if not isinstance(run_manifest, Manifest):
         raise ExportError(f"run image {run.name} is an index; pick a platform before exporting")
