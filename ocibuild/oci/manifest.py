@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping, Union
 
-from ocibuild.errors import ManifestError
+from ocibuild.errors import InvalidDigest, ManifestError
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor, Platform, _frozen_map, _string_map
 from ocibuild.oci.digest import Digest
@@ -262,6 +262,11 @@ def _check_config_types(doc: Mapping[str, Any]) -> None:
     diff_ids = (doc.get("rootfs") or {}).get("diff_ids")
     if diff_ids is not None and not (isinstance(diff_ids, list) and all(isinstance(d, str) for d in diff_ids)):
         raise ManifestError("image config: rootfs.diff_ids must be a list of strings")
+    for d in diff_ids or ():
+        try:
+            Digest.parse(d)
+        except InvalidDigest as exc:
+            raise ManifestError(f"image config: bad diff_id ({exc})") from None
 
 
 @dataclass(frozen=True)
