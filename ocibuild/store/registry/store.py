@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import logging
 import re
@@ -71,11 +72,23 @@ class _BodyReader:
         self._what = what
         self._decode = encoded
         resp.raw.decode_content = encoded
+        # http.client's response reads straight into a caller's buffer (urllib3's readinto copies);
+        # only for an identity body, where the bytes on the wire are the blob.
+        fp = getattr(resp.raw, "_fp", None)
+        if not encoded and isinstance(fp, http.client.HTTPResponse):
+            self.readinto = self._readinto_fp  # type: ignore[method-assign]
+            self._fp = fp
 
     def read(self, n: int = -1) -> bytes:
         try:
             return self._resp.raw.read(None if n is None or n < 0 else n, decode_content=self._decode)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            raise RegistryError(f"{self._what}: connection lost while reading ({type(exc).__name__})") from None
+
+    def _readinto_fp(self, buffer: memoryview) -> int:
+        try:
+            return self._fp.readinto(buffer)
+        except (http.client.HTTPException, OSError) as exc:
             raise RegistryError(f"{self._what}: connection lost while reading ({type(exc).__name__})") from None
 
     def close(self) -> None:
