@@ -19,6 +19,7 @@ from ocibuild.cnb.descriptor import Order, parse_order
 from ocibuild.errors import ManifestError
 from ocibuild.oci.descriptor import Descriptor, Platform
 from ocibuild.oci.digest import Digest
+from ocibuild.oci.manifest import _freeze  # the model's freezer: labels are frozen as manifests are
 from ocibuild.oci.manifest import ImageConfig, Index, Manifest, load_json, parse_manifest
 
 LABEL_METADATA = "io.buildpacks.builder.metadata"
@@ -37,16 +38,8 @@ class InvalidBuilder(ManifestError):
     """An image that cannot serve as a builder (missing or malformed builder labels/env)."""
 
 
-def _freeze(value: Any) -> Any:
-    if isinstance(value, dict):
-        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
 def thaw(value: Any) -> Any:
-    """A mutable deep copy of a frozen JSON value."""
+    """A mutable deep copy of a JSON value frozen by ``oci.manifest``'s ``_freeze``."""
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
