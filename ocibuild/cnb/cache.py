@@ -28,7 +28,7 @@ import tomli_w
 
 from ocibuild.cnb.descriptor import GroupElement
 from ocibuild.cnb.export import _dir_entries, escape_id, read_build_output
-from ocibuild.cnb.errors import CNBError
+from ocibuild.cnb.errors import CacheError
 from ocibuild.errors import NotFound
 from ocibuild.layer.compress import compress_stream, decompressor
 from ocibuild.layer.extract import safe_extract
@@ -40,10 +40,6 @@ from ocibuild.oci.manifest import ImageConfig, Manifest, canonical_json
 from ocibuild.store.base import Store, load_config, load_manifest, put_bytes
 
 CACHE_LABEL = "io.buildpacks.lifecycle.cache.metadata"
-
-
-class CacheError(CNBError):
-    """The cache is unreadable or cannot be written."""
 
 
 @dataclass(frozen=True)

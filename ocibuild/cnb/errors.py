@@ -38,8 +38,8 @@ class DetectFailed(CNBError):
 
     exit_code = 20
 
-    def __init__(self, message: str, *, log: tuple[str, ...] = ()):
-        super().__init__(message)
+    def __init__(self, message: str, *, log: tuple[str, ...] = (), buildpack: str | None = None):
+        super().__init__(message, buildpack=buildpack)
         self.log = log
 
 
@@ -65,6 +65,22 @@ class BuildError(CNBError):
     """A buildpack's outputs break the contract: layer flags outside [types], bad launch.toml (code 52)."""
 
     exit_code = 52
+
+
+class ExportError(CNBError):
+    """The exporter cannot assemble the image (lifecycle code 62)."""
+
+    exit_code = 62
+
+
+class RebaseError(CNBError):
+    """The rebase is refused or impossible (lifecycle code 72)."""
+
+    exit_code = 72
+
+
+class CacheError(CNBError):
+    """The cache is unreadable or cannot be written."""
 
 
 class SandboxUnavailable(OCIBuildError):

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 import tomli_w
 
 from ocibuild.cnb.descriptor import GroupElement, escape_id, parse_group_element
-from ocibuild.cnb.errors import CNBError, DescriptorError
+from ocibuild.cnb.errors import DescriptorError, ExportError
 from ocibuild.cnb.launcher import PROCESS_TABLE_NAME, LaunchProcess, launcher_bytes, render_process_table
 from ocibuild.errors import ManifestError, UsageError
 from ocibuild.layer.compress import LayerResult, compress_stream
@@ -39,14 +39,6 @@ PROJECT_LABEL = "io.buildpacks.project.metadata"
 NORMALIZED_CREATED = "1980-01-01T00:00:01Z"
 LAUNCHER_PATH = "/cnb/lifecycle/launcher"
 PROCESS_DIR = "/cnb/process"
-
-
-class ExportError(CNBError):
-    """The exporter cannot assemble the image (lifecycle exit code 62)."""
-
-    exit_code = 62
-
-
 
 
 # -- what the build phase left ------------------------------------------------------------------
@@ -493,7 +485,7 @@ def export(
 
         run_image_md = {
             "topLayer": str(run_config.diff_ids[-1]) if run_config.diff_ids else "",
-            "reference": _run_reference(run, run_desc),
+            "reference": run_reference(run.name, run_desc.digest),
             "image": run.name,
         }
         if run.mirrors:
@@ -569,13 +561,16 @@ def export(
         work.rmdir()
 
 
-def _run_reference(run: RunImageSource, run_desc: Descriptor) -> str:
-    """``runImage.reference``: the run image by digest (``<repo>@sha256:…`` for registries)."""
-    repo = run.name.split("@", 1)[0]
+def strip_tag(name: str) -> str:
+    """An image name without its tag or digest (``reg:5000/a/b:1@sha256:…`` -> ``reg:5000/a/b``)."""
+    repo = name.split("@", 1)[0]
     last = repo.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo = repo[: len(repo) - len(last)] + last.split(":", 1)[0]
-    return f"{repo}@{run_desc.digest}"
+    return repo[: len(repo) - len(last)] + last.split(":", 1)[0]
+
+
+def run_reference(name: str, run_digest: Digest) -> str:
+    """``runImage.reference``: the run image by digest (``<repo>@sha256:…`` for registries)."""
+    return f"{strip_tag(name)}@{run_digest}"
 
 
 def _previous_layers(previous: Mapping[str, Any] | None) -> dict[tuple[str, str], Mapping[str, Any]]:

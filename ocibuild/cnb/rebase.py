@@ -14,20 +14,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ocibuild.cnb.errors import CNBError
-from ocibuild.cnb.export import LIFECYCLE_LABEL
+from ocibuild.cnb.errors import RebaseError
+from ocibuild.cnb.export import LIFECYCLE_LABEL, run_reference, strip_tag
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.oci.manifest import ImageConfig, Manifest, canonical_json
 from ocibuild.store.base import Store, digest_arg, load_config, load_manifest, put_bytes
 
 REBASABLE_LABEL = "io.buildpacks.rebasable"
 STACK_LABEL = "io.buildpacks.stack.id"
-
-
-class RebaseError(CNBError):
-    """The rebase is refused or impossible (lifecycle exit code 72)."""
-
-    exit_code = 72
 
 
 @dataclass(frozen=True)
@@ -49,12 +43,6 @@ def _api_at_least(version: str, minimum: tuple[int, int]) -> bool:
 
 def _env(config: ImageConfig, key: str) -> str:
     return dict(config.iter_env()).get(key, "")
-
-
-def _strip_tag(name: str) -> str:
-    repo = name.split("@", 1)[0]
-    last = repo.rsplit("/", 1)[-1]
-    return repo[: len(repo) - len(last)] + last.split(":", 1)[0]
 
 
 def rebase(
@@ -105,7 +93,7 @@ def rebase(
                 raise RebaseError(f"new run image is {'/'.join(filter(None, new_target))}, the app image is "
                                   f"{'/'.join(filter(None, app_target))}")
             known = [run_md.get("image") or "", *(run_md.get("mirrors") or [])]
-            if name and _strip_tag(name) not in {_strip_tag(k) for k in known if k}:
+            if name and strip_tag(name) not in {strip_tag(k) for k in known if k}:
                 raise RebaseError(f"new run image {name} is not the image's run image or one of its mirrors; "
                                   "use --force")
         elif labels.get(STACK_LABEL) != new_labels.get(STACK_LABEL):
@@ -118,7 +106,7 @@ def rebase(
 
     new_ids = [str(d) for d in new_config.diff_ids]
     run_md["topLayer"] = new_ids[-1] if new_ids else ""
-    run_md["reference"] = f"{_strip_tag(name or new_run_image_store.name)}@{new_desc.digest}"
+    run_md["reference"] = run_reference(name or new_run_image_store.name, new_desc.digest)
     md["runImage"] = run_md
 
     doc = app_config.to_dict()
