@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -27,6 +28,17 @@ def built(tmp_path: Path) -> tuple[LayoutStore, LayoutStore, object]:
     result = export(app, "app", RunImageSource(runs, "v1", "example.com/run:v1", ("mirror.example/run",)),
                     ExportOptions(layers_dir=tmp_path / "layers", app_dir=tmp_path / "workspace"))
     return runs, app, result
+
+
+def _with_config(store: LayoutStore, tag: str, new_tag: str, edit: Callable[[dict], object]) -> None:
+    """Tag ``new_tag``: the image ``tag`` with its config edited by ``edit`` (same layers)."""
+    _d, manifest = load_manifest(store, tag)
+    doc = load_config(store, manifest.config).to_dict()
+    edit(doc)
+    cfg = ImageConfig.build(doc)
+    put_bytes(store, cfg.descriptor(), cfg.raw)
+    changed = Manifest.build(cfg.descriptor(), manifest.layers)
+    store.put_manifest(changed.descriptor(), changed.raw, tag=new_tag)
 
 
 def test_rebase_swaps_run_layers_only(built, tmp_path: Path) -> None:
@@ -70,25 +82,13 @@ def test_rebase_rules(built) -> None:
     rebase(app, "app", runs, "v2", new_run_name="mirror.example/run:v2", dst_tag="m")
 
     # A run image for another architecture is refused (target mismatch) unless forced.
-    _d, v2 = load_manifest(runs, "v2")
-    doc = load_config(runs, v2.config).to_dict()
-    doc["architecture"] = "arm64"
-    cfg = ImageConfig.build(doc)
-    put_bytes(runs, cfg.descriptor(), cfg.raw)
-    arm = Manifest.build(cfg.descriptor(), v2.layers)
-    runs.put_manifest(arm.descriptor(), arm.raw, tag="arm")
+    _with_config(runs, "v2", "arm", lambda doc: doc.update(architecture="arm64"))
     with pytest.raises(RebaseError, match="arm64"):
         rebase(app, "app", runs, "arm", new_run_name="example.com/run:arm")
     assert rebase(app, "app", runs, "arm", force=True, dst_tag="a").config.architecture == "arm64"
 
     # io.buildpacks.rebasable=false is refused without force.
-    _d, manifest = load_manifest(app, "app")
-    doc = load_config(app, manifest.config).to_dict()
-    doc["config"]["Labels"]["io.buildpacks.rebasable"] = "false"
-    cfg = ImageConfig.build(doc)
-    put_bytes(app, cfg.descriptor(), cfg.raw)
-    locked = Manifest.build(cfg.descriptor(), manifest.layers)
-    app.put_manifest(locked.descriptor(), locked.raw, tag="locked")
+    _with_config(app, "app", "locked", lambda doc: doc["config"]["Labels"].update({"io.buildpacks.rebasable": "false"}))
     with pytest.raises(RebaseError, match="not rebasable"):
         rebase(app, "locked", runs, "v2", new_run_name="example.com/run:v2")
     rebase(app, "locked", runs, "v2", new_run_name="example.com/run:v2", force=True)
