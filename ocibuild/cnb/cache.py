@@ -30,9 +30,10 @@ from ocibuild.cnb.descriptor import GroupElement
 from ocibuild.cnb.export import _dir_entries, escape_id, read_build_output
 from ocibuild.cnb.errors import CacheError
 from ocibuild.errors import NotFound
-from ocibuild.layer.compress import compress_stream, decompressor
+from ocibuild.layer import write_layer
+from ocibuild.layer.compress import decompressor
 from ocibuild.layer.extract import safe_extract
-from ocibuild.layer.tarwriter import TarOptions, normalize_path, write_tar
+from ocibuild.layer.tarwriter import normalize_path
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.oci.digest import Digest
@@ -83,7 +84,7 @@ def _cache_layers(layers_dir: Path) -> list[tuple[GroupElement, str, Path, dict[
 
 def _tar_layer(path: Path, image_path: str, uid: int, gid: int, media_type: str, tmp_dir: Path):  # noqa: ANN202
     entries = _dir_entries(path, image_path, uid, gid)
-    return compress_stream(lambda out: write_tar(out, entries, TarOptions()), media_type=media_type, tmp_dir=tmp_dir)
+    return write_layer(entries, media_type=media_type, tmp_dir=tmp_dir)
 
 
 def _metadata_doc(items: list[tuple[GroupElement, str, str, dict[str, Any]]]) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from ocibuild.cnb.descriptor import GroupElement, escape_id, parse_group_element
 from ocibuild.cnb.errors import DescriptorError, ExportError
 from ocibuild.cnb.launcher import PROCESS_TABLE_NAME, LaunchProcess, launcher_bytes, render_process_table
 from ocibuild.errors import ManifestError, UsageError
-from ocibuild.layer.compress import LayerResult, compress_stream
-from ocibuild.layer.tarwriter import DIR, TarEntry, TarOptions, entries_from_dir, normalize_path, write_tar
+from ocibuild.layer import write_layer
+from ocibuild.layer.tarwriter import DIR, TarEntry, entries_from_dir, normalize_path
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.oci.digest import Digest
@@ -207,9 +207,7 @@ class _LayerMaker:
         self.tmp_dir, self.media_type = tmp_dir, media_type
 
     def make(self, entries: Iterable[TarEntry], created_by: str) -> BuiltLayer:
-        items = list(entries)
-        result: LayerResult = compress_stream(lambda out: write_tar(out, items, TarOptions()),
-                                              media_type=self.media_type, tmp_dir=self.tmp_dir)
+        result = write_layer(list(entries), media_type=self.media_type, tmp_dir=self.tmp_dir)
         return BuiltLayer(result.descriptor, result.diff_id, created_by, result.path)
 
 
