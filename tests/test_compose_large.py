@@ -119,10 +119,6 @@ def test_compose_from_a_large_registry_builder_fetches_no_layer(
     assert sources == {str(layer.digest): [location] for layer in manifest.layers}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline._builder_launcher scans up to 8 non-buildpack layers from the top for "
-    "/cnb/lifecycle/launcher whenever the builder's metadata names a lifecycle, so it GETs base "
-    "layers (here 3 x 64 MiB) of a builder whose lifecycle is not in a small top layer"))
 def test_build_with_a_large_registry_builder_fetches_no_base_layer(
     registry: RegistryServer, large_builder: tuple[str, Manifest], tmp_path: Path
 ) -> None:

@@ -348,51 +348,72 @@ def _extract_buildpacks(order: Any, b: Any, scratch_store: Any, dest: Path) -> i
 
 
 LAUNCHER_IN_LAYER = "cnb/lifecycle/launcher"
-_MAX_LAUNCHER_SCAN = 8  # non-buildpack layers looked at, from the top, before giving up
-_MAX_LAUNCHER_LAYER = 256 << 20
+# pack's dirs layer (Builder.Save step 1): only these directories, a few hundred bytes.
+_DIRS_LAYER_ENTRIES = frozenset({"workspace", "layers", "cnb", "cnb/buildpacks", "cnb/extensions", "platform",
+                                 "platform/env", "cnb/build-config", "cnb/build-config/env"})
+_MAX_DIRS_LAYER = 64 << 10
 
 
-def _builder_launcher(b: Any, scratch_store: Any, dest: Path) -> Path | None:
-    """The builder's ``/cnb/lifecycle/launcher``, extracted to ``dest``; None when it has no lifecycle.
+def _entry_name(info: Any) -> str:
+    return info.name.lstrip("/").removeprefix("./").rstrip("/")
 
-    pack puts the lifecycle layer just below the buildpack layers, which sit below small
-    order/stack/run/env layers, so a top-down scan that skips buildpack layers reaches it after a
-    few small layers; base-image layers are never read.
-    """
+
+def _scan_layer(store: Any, desc: Any, visit: Callable[[Any, Any], bool]) -> bool:
+    """Stream one layer's tar entries to ``visit(info, tar)`` until it returns True; verifies the blob."""
     import tarfile
 
     from ocibuild.layer.compress import decompressor
     from ocibuild.oci import mediatype as mt
 
+    found = False
+    with store.open_blob(desc) as blob:
+        stream = decompressor(blob, mt.compression_of(desc.media_type))
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for info in tar:
+                if visit(info, tar):
+                    found = True
+                    break
+        while stream.read(1 << 20):  # to EOF, where the blob's digest is verified
+            pass
+    return found
+
+
+def _builder_launcher(b: Any, scratch_store: Any, dest: Path) -> Path | None:
+    """The builder's ``/cnb/lifecycle/launcher``, extracted to ``dest``; None when it has no lifecycle.
+
+    pack writes a builder as base layers, the dirs layer, the lifecycle layer, then buildpack layers
+    (then order/stack/run/env). So the lifecycle is the layer just below the lowest buildpack layer,
+    and it is one only if the layer below it is the tiny dirs layer. Only those two layers are read;
+    base-image layers never are.
+    """
     if not b.metadata.lifecycle_version:
         return None
     buildpack_layers = {str(info.get("layerDiffID")) for versions in b.buildpack_layers.values()
                         for info in versions.values()}
     pairs = list(zip((str(d) for d in b.config.diff_ids), b.manifest.layers))
-    scanned = 0
-    for diff_id, desc in reversed(pairs):
-        if diff_id in buildpack_layers:
-            continue
-        if scanned == _MAX_LAUNCHER_SCAN or desc.size > _MAX_LAUNCHER_LAYER:
-            return None
-        scanned += 1
-        store = scratch_store if scratch_store.has_blob(desc) else b.store
-        found = False
-        with store.open_blob(desc) as blob:
-            stream = decompressor(blob, mt.compression_of(desc.media_type))
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for info in tar:
-                    if info.isreg() and info.name.lstrip("./").lstrip("/") == LAUNCHER_IN_LAYER:
-                        with open(dest, "wb") as out:
-                            shutil.copyfileobj(tar.extractfile(info), out, 1 << 20)  # type: ignore[arg-type]
-                        dest.chmod(0o755)
-                        found = True
-                        break
-            while stream.read(1 << 20):  # to EOF, where the blob's digest is verified
-                pass
-        if found:
-            return dest
-    return None
+    lowest = next((i for i, (diff_id, _) in enumerate(pairs) if diff_id in buildpack_layers), None)
+    if lowest is None or lowest < 2:
+        return None
+    dirs, candidate = pairs[lowest - 2][1], pairs[lowest - 1][1]
+
+    def store_of(desc: Any) -> Any:
+        return scratch_store if scratch_store.has_blob(desc) else b.store
+
+    def foreign(info: Any, _tar: Any) -> bool:
+        return not info.isdir() or _entry_name(info) not in _DIRS_LAYER_ENTRIES
+
+    if dirs.size > _MAX_DIRS_LAYER or _scan_layer(store_of(dirs), dirs, foreign):
+        return None
+
+    def extract(info: Any, tar: Any) -> bool:
+        if not (info.isreg() and _entry_name(info) == LAUNCHER_IN_LAYER):
+            return False
+        with open(dest, "wb") as out:
+            shutil.copyfileobj(tar.extractfile(info), out, 1 << 20)
+        dest.chmod(0o755)
+        return True
+
+    return dest if _scan_layer(store_of(candidate), candidate, extract) else None
 
 
 def _platform_manifest(store: Any, identifier: str, platform: Platform | None) -> str:
