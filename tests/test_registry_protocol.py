@@ -552,3 +552,24 @@ def test_unseekable_stream_cannot_be_resent(rsps, sleeps):
     with pytest.raises(RegistryError, match="cannot be rewound"):
         make_store().put_blob(blob(data), _Unseekable(data))
     assert uploads.committed == {} and uploads.deleted == ["u1"]
+
+
+@pytest.mark.parametrize(
+    ("plain", "expected", "tls_asked"),
+    [
+        ((200, {}), "http", False),  # a plain loopback registry: no TLS handshake at all
+        ((401, {"WWW-Authenticate": 'Basic realm="r"'}), "http", False),
+        ((400, {}), "https", True),  # Go's TLS server answering plain HTTP
+        ((301, {"Location": "https://127.0.0.1:5999/v2/"}), "https", True),
+    ],
+)
+def test_loopback_scheme_is_asked_in_plain_http_first(rsps, plain, expected, tls_asked):
+    status, headers = plain
+    rsps.add(responses.GET, "http://127.0.0.1:5999/v2/", status=status, headers=headers)
+    rsps.add(responses.GET, "https://127.0.0.1:5999/v2/", status=200)
+    client = RegistryClient("127.0.0.1:5999", RegistryOptions(retries=0))
+    assert client.scheme == expected
+    assert client.scheme == expected  # decided once per client
+    urls = [c.request.url for c in rsps.calls]
+    assert urls.count("http://127.0.0.1:5999/v2/") == 1
+    assert urls.count("https://127.0.0.1:5999/v2/") == (1 if tls_asked else 0)

@@ -216,8 +216,10 @@ class RegistryClient:
             )
         except requests.RequestException:
             return False
-        status = resp.status_code
+        status, location = resp.status_code, resp.headers.get("Location", "")
         resp.close()
+        if 300 <= status < 400 and location.lower().startswith("https://"):
+            return False  # a plain port that only redirects to TLS
         return status != 400
 
     def close(self) -> None:

@@ -348,6 +348,7 @@ class RegistryStore:
             return False
         if resp.status_code == 201:
             resp.close()
+            self._absent.discard(desc.digest)
             return True
         if resp.status_code == 202:
             upload = BlobUpload(self._client, self.repository, desc, self._push)
