@@ -308,3 +308,79 @@ def test_eight_concurrent_writers_with_gc_lose_nothing(scratch):
     assert not any(store.blob_path(Digest.of(layer_bytes(f"eph-{i}-{n}"))).exists()
                    for i in range(8) for n in range(rounds))
     assert check(scratch, full=True).problems == []
+
+
+def test_large_sweep_unlinks_in_parallel_and_reconciles_ledger_in_one_pass(scratch):
+    from ocibuild.ledger.gc import _POOL_MIN
+
+    store = scratch.open_layout()
+    kept = write_image(store, ["keep-a", "keep-b"], tag="kept")
+    with Lease(scratch) as lease:  # a finished build: its rows are claimed by a dead lease
+        orphans = [write_image(store, [f"o{i}-1", f"o{i}-2", f"o{i}-3"], lease=lease) for i in range(16)]
+    doomed = [d for img in orphans for d in img.blobs]
+    assert len(doomed) > _POOL_MIN
+
+    report = collect(scratch)  # default grace: rows of a dead lease are swept regardless of age
+
+    assert not report.aborted and not report.errors, report.errors
+    assert report.removed_blobs == len(doomed) and report.removed_manifests == len(orphans)
+    assert sorted(report.removed) == sorted(str(d) for d in doomed)
+    assert report.removed_bytes == sum(
+        img.desc.size + img.config.size + sum(layer.size for layer in img.layers) for img in orphans
+    )
+    assert absent(store, doomed) and present(store, kept.blobs)
+    assert set(report.phases) == {"ledger_read", "mark", "sweep", "ledger_write"}
+    with Ledger(scratch.ledger_path) as db:
+        recorded = {row.digest for row in db.query()}
+        assert not recorded & set(doomed)
+        assert db.lease(lease.id).released is not None
+    assert check(scratch).ok
+
+
+def test_blob_that_cannot_be_unlinked_is_kept_and_reported(scratch):
+    store = scratch.open_layout()
+    orphan = write_image(store, ["orphan"])
+    stuck = store.path / "blobs" / "sha256" / ("ab" * 32)  # named like a digest, but a directory
+    stuck.mkdir()
+    (stuck / "inside").write_bytes(b"x")
+
+    report = collect(scratch, grace_seconds=0)
+
+    assert not report.aborted and absent(store, orphan.blobs)
+    assert stuck.is_dir() and report.errors == [f"cannot remove sha256:{'ab' * 32}: Is a directory"]
+
+
+def test_reachable_manifest_naming_an_invalid_digest_aborts(scratch):
+    import hashlib
+    import json
+
+    store = scratch.open_layout()
+    orphan = write_image(store, ["orphan"])
+    tagged = write_image(store, ["t"])
+    doc = json.loads(tagged.manifest.raw)
+    doc["layers"][0]["digest"] = "sha256:../../../../outside"
+    raw = json.dumps(doc).encode()
+    digest = hashlib.sha256(raw).hexdigest()
+    (store.path / "blobs" / "sha256" / digest).write_bytes(raw)
+    desc = Descriptor(mt.OCI_MANIFEST, Digest.parse(f"sha256:{digest}"), len(raw))
+    store.update_index(lambda es: [*es, desc])
+
+    report = collect(scratch, grace_seconds=0)
+
+    assert report.aborted and "without a valid digest" in report.errors[0]
+    assert present(store, orphan.blobs)
+
+
+def test_gc_command_imports_no_registry_client_without_remote_work(scratch):
+    code = (
+        "import sys\n"
+        "from ocibuild.cli import main\n"
+        f"sys.argv = ['ocibuild', 'gc', '--scratch', {str(scratch.root)!r}, '--json', '--grace', '0']\n"
+        "try:\n    main.run()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('requests' in sys.modules, 'ocibuild.store.registry' in sys.modules, file=sys.stderr)\n"
+    )
+    write_image(scratch.open_layout(), ["orphan"])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "False False"
+    assert '"removed_blobs": 3' in out.stdout

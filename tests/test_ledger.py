@@ -87,6 +87,44 @@ def test_sources_and_edges(tmp_path):
     assert ledger.children(a.digest) == [b.digest]
 
 
+def test_plain_key_reads_match_the_parsed_rows(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    a, b = _layer("a"), _layer("b")
+    ledger.record(a, location="/x", lease_id="L1", role="layer", ephemeral=True)
+    ledger.record(b, location="reg.example/repo", role="cache")
+    ledger.record_edges(a.digest, [b.digest])
+    keys = ledger.object_keys("/x")
+    assert [(k.digest, k.location, k.media_type, k.size, k.lease_id, k.role, k.ephemeral) for k in keys] == [
+        (str(a.digest), "/x", a.media_type, a.size, "L1", "layer", True)
+    ]
+    assert {k.digest for k in ledger.object_keys()} == {str(a.digest), str(b.digest)}
+    assert ledger.hold_keys("/x") == [("L1", str(a.digest), "/x")]
+    assert ledger.edge_keys() == {str(a.digest): [str(b.digest)]}
+    ledger.forget(a.digest, "/x")
+    ledger.forget_orphan_edges()
+    assert ledger.edge_keys() == {}
+
+
+def test_batch_commits_all_or_nothing(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    a, b, c = _layer("a"), _layer("b"), _layer("c")
+    with pytest.raises(RuntimeError):
+        with ledger.batch():
+            ledger.record(a, location="/x")
+            ledger.record(b, location="/x")
+            raise RuntimeError("interrupted")
+    assert ledger.query() == []
+    with ledger.batch():
+        ledger.record(a, location="/x")
+        ledger.forget_many([(a.digest, "/x")])
+        ledger.record(c, location="/x")
+        # Another connection sees nothing until the batch commits.
+        assert Ledger(tmp_path / "l.db").query() == []
+    assert [r.digest for r in Ledger(tmp_path / "l.db").query()] == [c.digest]
+    ledger.record(b, location="/x")  # plain writes work again after a batch
+    assert len(ledger.query()) == 2
+
+
 def test_ledger_is_shared_across_processes(tmp_path):
     """Four processes record 50 rows each at once: WAL + busy timeout lose nothing."""
     db = tmp_path / "l.db"

@@ -5,7 +5,7 @@ Thin: parse, call ``ocibuild.ledger``, print. Imports stay light (typer only) so
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -18,11 +18,13 @@ _SCRATCH = typer.Option(
 _JSON = typer.Option(False, "--json", help="Print a JSON document.")
 
 
-def _registry_options(ctx: typer.Context) -> Any:
+def _registry_options(ctx: typer.Context) -> Callable[[], Any]:
+    """A factory, not the options: building them imports the registry client (``requests``), which
+    ``gc`` needs only when a finished build pushed an ephemeral manifest to a registry."""
     from ocibuild.cli.options import GlobalOptions
 
     obj = ctx.find_root().obj
-    return obj.registry_options() if isinstance(obj, GlobalOptions) else None
+    return obj.registry_options if isinstance(obj, GlobalOptions) else (lambda: None)
 
 
 @app.command()

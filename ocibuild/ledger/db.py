@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from ocibuild.errors import StoreError
 from ocibuild.oci.descriptor import Descriptor
@@ -104,6 +104,18 @@ class ObjectRow:
         return out
 
 
+class ObjectKey(NamedTuple):
+    """The columns of an ``objects`` row GC needs, unparsed (``digest`` is ``"algorithm:encoded"``)."""
+
+    digest: str
+    location: str
+    media_type: str
+    size: int
+    lease_id: str | None
+    role: str
+    ephemeral: bool
+
+
 @dataclass(frozen=True)
 class LeaseRow:
     """One ``leases`` row. Whether it is still live is decided by ``ocibuild.ledger.lease.lease_state``."""
@@ -162,6 +174,7 @@ class Ledger:
             raise StoreError(f"ledger {self.path} cannot be opened: {exc}") from None
         self._local.conn = conn
         self._local.pid = os.getpid()
+        self._local.depth = 0
         with self._all_lock:
             self._all.append(conn)
         return conn
@@ -187,23 +200,41 @@ class Ledger:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction, taken up front (``IMMEDIATE``) so it never deadlocks on upgrade."""
+        """A short write transaction, taken up front (``IMMEDIATE``) so it never deadlocks on upgrade.
+
+        Inside ``batch()`` it joins the outer transaction (one commit, one fsync for all of them)."""
         conn = self._conn()
+        if self._local.depth:
+            self._local.depth += 1
+            try:
+                yield conn
+            finally:
+                self._local.depth -= 1
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"ledger {self.path} is unusable: {exc}") from None
+        self._local.depth = 1
         try:
             yield conn
         except BaseException:
+            self._local.depth = 0
             conn.execute("ROLLBACK")
             raise
         else:
+            self._local.depth = 0
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 conn.execute("ROLLBACK")
                 raise StoreError(f"ledger {self.path}: cannot commit: {exc}") from None
+
+    @contextmanager
+    def batch(self) -> Iterator["Ledger"]:
+        """Every write inside is one transaction: all of it is recorded, or none (GC's reconciliation)."""
+        with self._write():
+            yield self
 
     @contextmanager
     def snapshot(self) -> Iterator["Ledger"]:
@@ -225,6 +256,15 @@ class Ledger:
 
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return self._run(self._conn(), sql, args)
+
+    def _tuples(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """Like ``_read`` but plain tuples (no ``sqlite3.Row``): for the bulk reads of GC."""
+        try:
+            cur = self._conn().cursor()
+            cur.row_factory = None
+            return cur.execute(sql, tuple(args)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"ledger {self.path} is unreadable: {exc}") from None
 
     def close(self) -> None:
         with self._all_lock:
@@ -301,6 +341,14 @@ class Ledger:
             args.append(location)
         return [(r["lease_id"], Digest.parse(r["digest"]), r["location"]) for r in self._read(sql, args)]
 
+    def hold_keys(self, location: str | None = None) -> list[tuple[str, str, str]]:
+        """``holds()`` with digests as plain strings (GC reads every hold; it builds no objects)."""
+        sql, args = "SELECT lease_id, digest, location FROM holds", []
+        if location is not None:
+            sql += " WHERE location = ?"
+            args.append(location)
+        return self._tuples(sql, args)
+
     def drop_holds(self, lease_ids: Iterable[str]) -> None:
         ids = list(lease_ids)
         if not ids:
@@ -338,6 +386,15 @@ class Ledger:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         return [_object(r) for r in self._read(f"SELECT * FROM objects{where} ORDER BY created, digest", args)]
 
+    def object_keys(self, location: str | None = None) -> list["ObjectKey"]:
+        """Rows at ``location`` (or everywhere) as plain tuples: what GC needs of each, nothing parsed."""
+        sql = "SELECT digest, location, media_type, size, lease_id, role, ephemeral FROM objects"
+        args: list[Any] = []
+        if location is not None:
+            sql += " WHERE location = ?"
+            args.append(location)
+        return [ObjectKey(d, loc, m, s, lid, r, bool(e)) for d, loc, m, s, lid, r, e in self._tuples(sql, args)]
+
     def forget(self, digest: Digest | str, location: str) -> None:
         self.forget_many([(digest, location)])
 
@@ -368,9 +425,21 @@ class Ledger:
             out.setdefault(Digest.parse(r["parent"]), []).append(Digest.parse(r["child"]))
         return out
 
+    def edge_keys(self) -> dict[str, list[str]]:
+        """``edges()`` with digests as plain strings."""
+        out: dict[str, list[str]] = {}
+        for parent, child in self._tuples("SELECT parent, child FROM edges"):
+            out.setdefault(parent, []).append(child)
+        return out
+
     def forget_edges(self, parents: Iterable[Digest | str]) -> None:
         with self._write() as c:
             c.executemany("DELETE FROM edges WHERE parent = ?", [(str(p),) for p in parents])
+
+    def forget_orphan_edges(self) -> None:
+        """Drop the edges of parents no location records any more."""
+        with self._write() as c:
+            c.execute("DELETE FROM edges WHERE parent NOT IN (SELECT digest FROM objects)")
 
     def record_source(self, digest: Digest | str, location: str) -> None:
         """``digest`` can be mounted or fetched from ``location`` (``host/repository``)."""

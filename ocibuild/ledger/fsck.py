@@ -18,7 +18,7 @@ from typing import Any
 
 from ocibuild.errors import ManifestError, OCIBuildError
 from ocibuild.ledger.db import Ledger
-from ocibuild.ledger.gc import _cache_roots, _Abort, _looks_like_json, _scan_blobs
+from ocibuild.ledger.scan import Abort, cache_roots, looks_like_json, scan_blobs, temp_entries
 from ocibuild.ledger.lease import DEFAULT_TTL, LIVE, lease_state
 from ocibuild.ledger.scratch import Scratch, layout_location
 from ocibuild.oci import mediatype as mt
@@ -137,8 +137,11 @@ def _check_layout(
         if row is not None and row.media_type:
             queue.append((Descriptor(row.media_type, digest, row.size), f"lease {row.lease_id}"))
     try:
-        queue.extend((Descriptor(media_type or mt.OCI_MANIFEST, d, 0), "build cache") for d, media_type in _cache_roots(sc))
-    except _Abort as exc:
+        queue.extend(
+            (Descriptor(media_type or mt.OCI_MANIFEST, Digest.parse(d), 0), "build cache")
+            for d, media_type in cache_roots(sc.cache_path)
+        )
+    except Abort as exc:
         report.problems.append(str(exc))
 
     seen: set[Digest] = set()
@@ -172,24 +175,17 @@ def _check_layout(
             report.checked_manifests += 1
             label = f"manifest {desc.digest.short()}"
             queue.extend((child, label) for child in manifest.children())
-        elif desc.media_type in mt.CONFIG_TYPES or (size <= MAX_MANIFEST_BYTES and _looks_like_json(path)) or full:
+        elif desc.media_type in mt.CONFIG_TYPES or (size <= MAX_MANIFEST_BYTES and looks_like_json(path)) or full:
             verify(desc.digest, path, "blob")
 
     # Every blob file: named like a digest; recorded small JSON and (with full) everything re-hashed.
-    names = {d for d, _ in _scan_blobs(store.path)}
-    for digest, path in _scan_blobs(store.path):
+    found, foreign = scan_blobs(store.path)
+    names = {Digest.parse(d): path for d, path in found.items()}
+    for digest, path in names.items():
         row = rows.get(digest)
         if full or (row is not None and (mt.is_manifest_like(row.media_type) or row.media_type in mt.CONFIG_TYPES)):
             verify(digest, path, "blob")
-    blobs_dir = store.path / "blobs"
-    if blobs_dir.is_dir():
-        for alg in os.scandir(blobs_dir):
-            if alg.is_dir():
-                for entry in os.scandir(alg.path):
-                    try:
-                        Digest.parse(f"{alg.name}:{entry.name}")
-                    except OCIBuildError:
-                        report.problems.append(f"foreign file in blobs/: {alg.name}/{entry.name}")
+    report.problems += [f"foreign file in blobs/: {name}" for name in foreign]
 
     # Ledger rows against the disk (rows of builds in flight may precede their blob).
     for digest, row in rows.items():
@@ -203,12 +199,6 @@ def _check_layout(
         elif digest not in live_held:
             report.problems.append(f"ledger row for missing blob {digest} ({row.role}, lease {row.lease_id})")
 
-    tmp = store.path / ".tmp"
-    if tmp.is_dir():
-        for entry in os.scandir(tmp):
-            try:
-                age = ts - entry.stat(follow_symlinks=False).st_mtime
-            except FileNotFoundError:
-                continue
-            if age > tmp_ttl:
-                report.problems.append(f"stale temp file .tmp/{entry.name} ({int(age)} s old); run ocibuild gc")
+    for entry, age in temp_entries(store.path / ".tmp", ts):
+        if age > tmp_ttl:
+            report.problems.append(f"stale temp file .tmp/{entry.name} ({int(age)} s old); run ocibuild gc")

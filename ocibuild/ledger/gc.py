@@ -9,7 +9,8 @@ present locally are fine: a composed builder's base layers live in a registry.
 The sweep holds the layout's exclusive ``gc_lock`` (writers hold it shared) and is biased to
 leaking: if the ledger, ``index.json`` or a reachable manifest cannot be read, nothing is deleted;
 blobs younger than a grace period are kept unless a dead lease recorded them. Kept blobs are not
-re-hashed (digests were verified on write); only manifests and indexes are read.
+re-hashed (digests were verified on write); only manifests and indexes are read. Digests are
+plain strings throughout (see ``ocibuild.ledger.scan``); unlinks run in a small thread pool.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ocibuild.errors import ManifestError, NotFound, OCIBuildError
-from ocibuild.ledger.db import ROLE_CACHE, Ledger, ObjectRow
+from ocibuild.ledger.db import ROLE_CACHE, Ledger, ObjectKey, ObjectRow
 from ocibuild.ledger.lease import DEFAULT_TTL, LIVE, Lease, lease_state
+from ocibuild.ledger.scan import (
+    Abort, blob_file, cache_roots, is_digest, looks_like_json, one_line, scan_blobs, temp_entries,
+)
 from ocibuild.ledger.scratch import Scratch, is_layout_location, layout_location
 from ocibuild.oci import mediatype as mt
-from ocibuild.oci.digest import Digest
-from ocibuild.oci.manifest import MAX_MANIFEST_BYTES, Index
+from ocibuild.oci.manifest import MAX_MANIFEST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +63,11 @@ class GCReport:
     errors: list[str] = field(default_factory=list)
     aborted: bool = False
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase of the layout pass: ledger_read, mark, sweep, ledger_write."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class _Abort(Exception):
-    """Something GC cannot judge safely: delete nothing."""
 
 
 # -- entry points ------------------------------------------------------------------------------
@@ -79,7 +80,8 @@ def collect(
     registry_options: Any = None,
     now: float | None = None,
 ) -> GCReport:
-    """Collect the scratch layout of ``scratch`` and delete ephemeral manifests pushed to registries."""
+    """Collect the scratch layout of ``scratch`` and delete ephemeral manifests pushed to registries
+    (with ``registry_options``: a ``RegistryOptions`` or a zero-argument factory of one)."""
     started = time.monotonic()
     sc = Scratch.resolve(scratch)
     report = GCReport(dry_run=dry_run)
@@ -100,9 +102,9 @@ def collect(
             with store.gc_lock():
                 try:
                     remote = _collect_layout(sc, store, ledger, report, dry_run, grace_seconds, tmp_ttl, now)
-                except (_Abort, OCIBuildError, OSError) as exc:
+                except (Abort, OCIBuildError, OSError) as exc:
                     report.aborted = True
-                    report.errors.append(f"nothing deleted: {_one_line(exc)}")
+                    report.errors.append(f"nothing deleted: {one_line(exc)}")
                     return report
         else:
             try:
@@ -126,11 +128,11 @@ def release_and_collect(
     try:
         lease.release()
     except Exception as exc:  # the lease will expire on its own
-        log.warning("could not release lease %s: %s", lease.id, _one_line(exc))
+        log.warning("could not release lease %s: %s", lease.id, one_line(exc))
     try:
         report = collect(scratch, **kwargs)
     except Exception as exc:
-        log.warning("garbage collection failed: %s", _one_line(exc))
+        log.warning("garbage collection failed: %s", one_line(exc))
         return None
     for err in report.errors:
         log.warning("gc: %s", err)
@@ -143,13 +145,8 @@ def _live_ids(ledger: Ledger, now: float | None) -> set[str]:
 
 
 def _dead_remote_ephemerals(ledger: Ledger, live: set[str]) -> list[ObjectRow]:
-    live_held = {(d, loc) for lid, d, loc in ledger.holds() if lid in live}
-    return [
-        row for row in ledger.query(ephemeral=True)
-        if not is_layout_location(row.location)
-        and mt.is_manifest_like(row.media_type)
-        and (row.digest, row.location) not in live_held
-    ]
+    holds = ledger.hold_keys()
+    return [row for row in ledger.query(ephemeral=True) if _is_dead_remote(row, holds, live)]
 
 
 def _collect_layout(
@@ -164,14 +161,16 @@ def _collect_layout(
 ) -> list[ObjectRow]:
     ts = time.time() if now is None else now
     loc = layout_location(store.path)
+    clock = _Phases(report)
 
     # 1. One consistent read of the ledger (under the exclusive lock: no writer records meanwhile).
+    #    Digests stay plain strings from here on: GC handles tens of thousands and parses none.
     with ledger.snapshot():
         leases = ledger.leases()
-        holds = ledger.holds()
-        rows = ledger.query(location=loc)
+        holds = ledger.hold_keys()
+        rows = ledger.object_keys(loc)
         all_ephemeral = ledger.query(ephemeral=True)
-        edges = ledger.edges()
+        edges = ledger.edge_keys()
     states = {row.id: lease_state(row, now=ts) for row in leases}
     live = {lid for lid, state in states.items() if state == LIVE}
     dead = set(states) - live
@@ -185,110 +184,145 @@ def _collect_layout(
         row.digest for row in rows
         if row.ephemeral and mt.is_manifest_like(row.media_type) and row.digest not in live_held
     }
+    clock.lap("ledger_read")
 
     # 2. Untag ephemeral manifests whose build is over.
     entries = store.index_entries()  # a torn index.json raises: abort
-    dropped = [e for e in entries if e.digest in ephemeral_dead]
+    dropped = [e for e in entries if str(e.digest) in ephemeral_dead]
     if dropped:
         report.untagged = [f"{e.ref_name or ''}@{e.digest}" for e in dropped]
         if not dry_run:
-            entries = store.update_index(lambda es: [e for e in es if e.digest not in ephemeral_dead])
+            entries = store.update_index(lambda es: [e for e in es if str(e.digest) not in ephemeral_dead])
         else:
-            entries = [e for e in entries if e.digest not in ephemeral_dead]
+            entries = [e for e in entries if str(e.digest) not in ephemeral_dead]
 
     # 3. Roots.
-    roots: list[tuple[Digest, str | None]] = [(e.digest, e.media_type) for e in entries]
+    roots: list[tuple[str, str | None]] = [(str(e.digest), e.media_type) for e in entries]
     roots += [(d, row_of[d].media_type if d in row_of else None) for d in live_held]
     roots += [(row.digest, row.media_type) for row in rows if row.role == ROLE_CACHE and not row.ephemeral]
-    roots += _cache_roots(sc)
+    roots += cache_roots(sc.cache_path)
 
-    # 4. Mark.
-    marked: set[Digest] = set()
-    manifests_seen: set[Digest] = set()
+    # 4. Mark, then one scan of blobs/ (names only) for the referrers of what is marked.
+    marked: set[str] = set()
+    manifests_seen: set[str] = set()
     layout = str(store.path)
     _mark(layout, roots, marked, manifests_seen, row_of, edges)
-    blobs = list(_scan_blobs(layout))
+    blobs, _foreign = scan_blobs(layout)
     _mark_referrers(layout, blobs, marked, manifests_seen, row_of, edges, exclude=ephemeral_dead)
+    clock.lap("mark")
 
-    # 5. Sweep.
-    swept: list[Digest] = []
-    for digest, path in blobs:
-        if digest in marked:
-            report.kept += 1
-            continue
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            continue
-        if ts - st.st_mtime < grace and digest not in claimed_dead:
+    # 5. Sweep: stat and unlink the unreached blobs, several at a time (the unlinks wait on the disk).
+    doomed = [digest for digest in blobs if digest not in marked]
+    report.kept = len(blobs) - len(doomed)
+    jobs = [(blobs[d], None if d in claimed_dead else ts - grace) for d in doomed]
+    swept: list[str] = []
+    gone: set[str] = set()
+    for digest, outcome in zip(doomed, _run_removals(jobs, dry_run)):
+        if outcome == _YOUNG:
             report.kept += 1
             report.kept_young += 1
-            continue
-        if not dry_run:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                continue
-        swept.append(digest)
-        report.removed_blobs += 1
-        report.removed_bytes += st.st_size
-        report.removed.append(str(digest))
-        row = row_of.get(digest)
-        if (row is not None and mt.is_manifest_like(row.media_type)) or digest in manifests_seen:
-            report.removed_manifests += 1
+        elif outcome == _GONE:
+            gone.add(digest)
+        elif isinstance(outcome, str):
+            report.kept += 1
+            report.errors.append(f"cannot remove {digest}: {outcome}")
+        else:
+            swept.append(digest)
+            report.removed_blobs += 1
+            report.removed_bytes += outcome
+            row = row_of.get(digest)
+            if (row is not None and mt.is_manifest_like(row.media_type)) or digest in manifests_seen:
+                report.removed_manifests += 1
+    report.removed = swept
+    clock.lap("sweep")
 
     # 6. Temp files and work directories of finished builds.
     _clean_temp(store.path / ".tmp", sc.work_path, dead, ts, tmp_ttl, report, dry_run)
 
     report.expired_leases = sorted(lid for lid in dead if states[lid] != "released")
+    remote = [r for r in all_ephemeral if _is_dead_remote(r, holds, live)]
     if dry_run:
-        return [r for r in all_ephemeral if _is_dead_remote(r, holds, live)]
+        return remote
 
-    # 7. Reconcile the ledger with what is on disk now.
+    # 7. Reconcile the ledger with what is on disk now (the scan is exact: writers are locked out),
+    #    in one transaction.
     swept_set = set(swept)
     stale = [
         row.digest for row in rows
-        if row.digest not in swept_set and row.digest not in live_held and not store.blob_path(row.digest).exists()
+        if row.digest not in swept_set and row.digest not in live_held
+        and (row.digest not in blobs or row.digest in gone)
     ]
-    ledger.forget_many([(d, loc) for d in [*swept, *stale]])
+    with ledger.batch():
+        ledger.forget_many([(d, loc) for d in [*swept, *stale]])
+        ledger.forget_orphan_edges()
+        for digest in ephemeral_dead - swept_set:
+            if digest in blobs and digest not in gone:
+                ledger.set_ephemeral(digest, loc, False)  # still referenced: no longer ours to delete
+        for lid in report.expired_leases:
+            ledger.release(lid, now=ts)
+        ledger.drop_holds(lid for lid in dead if not _has_remote_holds(lid, holds))
+        ledger.delete_leases(
+            row.id for row in leases
+            if row.id in dead and (row.released or ts) < ts - LEASE_RETENTION
+        )
     report.forgotten_rows = len(swept) + len(stale)
-    remaining = {r.digest for r in ledger.query()}
-    ledger.forget_edges([p for p in edges if p not in remaining])
-    for digest in ephemeral_dead - swept_set:
-        if store.blob_path(digest).exists():
-            ledger.set_ephemeral(digest, loc, False)  # still referenced: no longer ours to delete
-    for lid in report.expired_leases:
-        ledger.release(lid, now=ts)
-    ledger.drop_holds(lid for lid in dead if not _has_remote_holds(lid, holds))
-    ledger.delete_leases(
-        row.id for row in leases
-        if row.id in dead and (row.released or ts) < ts - LEASE_RETENTION
-    )
-    return [r for r in all_ephemeral if _is_dead_remote(r, holds, live)]
+    clock.lap("ledger_write")
+    return remote
 
 
-def _has_remote_holds(lease_id: str, holds: Iterable[tuple[str, Digest, str]]) -> bool:
+class _Phases:
+    """Seconds spent in each phase, into ``report.phases`` (bench/gc prints them)."""
+
+    def __init__(self, report: GCReport):
+        self.report, self.last = report, time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.report.phases[name] = round(now - self.last, 4)
+        self.last = now
+
+
+UNLINK_THREADS = 8
+"""Unlinks run this many at a time: each mostly waits on the filesystem journal, not the CPU."""
+_POOL_MIN = 64
+_YOUNG, _GONE = -1, -2
+
+
+def _remove(job: tuple[str, float | None], dry_run: bool = False) -> int | str:
+    """Stat and unlink one blob: its size, ``_YOUNG`` (modified after the cutoff: kept), ``_GONE``,
+    or an error message (the blob is kept and reported)."""
+    path, cutoff = job
+    try:
+        st = os.stat(path)
+        if cutoff is not None and st.st_mtime > cutoff:
+            return _YOUNG
+        if not dry_run:
+            os.unlink(path)
+        return st.st_size
+    except FileNotFoundError:
+        return _GONE
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def _run_removals(jobs: list[tuple[str, float | None]], dry_run: bool) -> list[int | str]:
+    if dry_run or len(jobs) < _POOL_MIN:
+        return [_remove(job, dry_run) for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor  # only a large sweep pays for the import
+
+    with ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="ocibuild-gc") as pool:
+        return list(pool.map(_remove, jobs, chunksize=32))
+
+
+def _has_remote_holds(lease_id: str, holds: Iterable[tuple[str, str, str]]) -> bool:
     return any(lid == lease_id and not is_layout_location(loc) for lid, _, loc in holds)
 
 
-def _is_dead_remote(row: ObjectRow, holds: list[tuple[str, Digest, str]], live: set[str]) -> bool:
+def _is_dead_remote(row: ObjectRow, holds: list[tuple[str, str, str]], live: set[str]) -> bool:
     if is_layout_location(row.location) or not mt.is_manifest_like(row.media_type):
         return False
-    return not any(lid in live and d == row.digest and loc == row.location for lid, d, loc in holds)
-
-
-def _cache_roots(sc: Scratch) -> list[tuple[Digest, str | None]]:
-    """Every manifest an ``index.json`` under ``cache/`` (or one level below) points at."""
-    out: list[tuple[Digest, str | None]] = []
-    if not sc.cache_path.is_dir():
-        return out
-    for index_file in [*sc.cache_path.glob("index.json"), *sc.cache_path.glob("*/index.json")]:
-        try:
-            index = Index.parse(index_file.read_bytes())
-        except (OSError, ManifestError) as exc:
-            raise _Abort(f"build cache index {index_file} unreadable: {_one_line(exc)}") from None
-        out += [(d.digest, d.media_type) for d in index.manifests]
-    return out
+    digest = str(row.digest)
+    return not any(lid in live and d == digest and loc == row.location for lid, d, loc in holds)
 
 
 class _Doc:
@@ -296,15 +330,15 @@ class _Doc:
 
     __slots__ = ("media_type", "children", "subject")
 
-    def __init__(self, media_type: str | None, children: list[tuple[Digest, str | None]], subject: Digest | None):
+    def __init__(self, media_type: str | None, children: list[tuple[str, str | None]], subject: str | None):
         self.media_type, self.children, self.subject = media_type, children, subject
 
 
-def _desc(value: Any) -> tuple[Digest, str | None]:
-    if not isinstance(value, dict) or not isinstance(value.get("digest"), str):
-        raise ManifestError("descriptor without a digest")
+def _desc(value: Any) -> tuple[str, str | None]:
+    if not isinstance(value, dict) or not is_digest(value.get("digest")):
+        raise ManifestError("descriptor without a valid digest")
     media_type = value.get("mediaType")
-    return Digest.parse(value["digest"]), media_type if isinstance(media_type, str) else None
+    return value["digest"], media_type if isinstance(media_type, str) else None
 
 
 def _parse_doc(raw: bytes) -> _Doc:
@@ -314,7 +348,7 @@ def _parse_doc(raw: bytes) -> _Doc:
         raise ManifestError(f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise ManifestError("not a schemaVersion 2 manifest or index")
-    children: list[tuple[Digest, str | None]] = []
+    children: list[tuple[str, str | None]] = []
     if "manifests" in doc:
         children += [_desc(d) for d in doc["manifests"] or ()]
     elif "config" in doc:
@@ -325,6 +359,17 @@ def _parse_doc(raw: bytes) -> _Doc:
     subject = _desc(doc["subject"])[0] if doc.get("subject") is not None else None
     media_type = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else None
     return _Doc(media_type, children, subject)
+
+
+def _matches(digest: str, raw: bytes) -> bool:
+    """Whether ``raw`` hashes to ``digest`` (digests of algorithms ocibuild cannot compute pass)."""
+    algorithm, _, encoded = digest.partition(":")
+    if algorithm not in _VERIFIABLE:
+        return True
+    return hashlib.new(algorithm, raw).hexdigest() == encoded
+
+
+_VERIFIABLE = frozenset({"sha256", "sha512"})
 
 
 def _read_small(path: str) -> bytes | None:
@@ -345,41 +390,39 @@ def _read_small(path: str) -> bytes | None:
         os.close(fd)
 
 
-def _read_manifest(layout: str, digest: Digest, *, strict: bool) -> _Doc | None:
+def _read_manifest(layout: str, digest: str, *, strict: bool) -> _Doc | None:
     """Parse a local manifest or index; None when absent. ``strict``: unreadable content aborts GC."""
-    path = _blob(layout, digest)
+    path = blob_file(layout, digest)
     try:
         raw = _read_small(path)
         if raw is None:
             if strict and os.path.exists(path):
                 raise ManifestError("over the manifest size limit")
             return None
-        if digest.supported and hashlib.new(digest.algorithm, raw).hexdigest() != digest.encoded:
+        if not _matches(digest, raw):
             raise ManifestError("content does not match its digest")
         return _parse_doc(raw)
     except (OSError, OCIBuildError) as exc:
         if strict:
-            raise _Abort(f"manifest {digest} is unreadable ({_one_line(exc)}); run ocibuild fsck") from None
+            raise Abort(f"manifest {digest} is unreadable ({one_line(exc)}); run ocibuild fsck") from None
         return None
-
-
-def _blob(layout: str, digest: Digest) -> str:
-    return f"{layout}/blobs/{digest.algorithm}/{digest.encoded}"
 
 
 def _mark(
     layout: str,
-    roots: Iterable[tuple[Digest, str | None]],
-    marked: set[Digest],
-    manifests_seen: set[Digest],
-    row_of: dict[Digest, ObjectRow],
-    edges: dict[Digest, list[Digest]],
+    roots: Iterable[tuple[str, str | None]],
+    marked: set[str],
+    manifests_seen: set[str],
+    row_of: dict[str, ObjectKey],
+    edges: dict[str, list[str]],
 ) -> None:
-    queue: deque[tuple[Digest, str | None]] = deque(roots)
+    queue: deque[tuple[str, str | None]] = deque(roots)
     while queue:
         digest, media_type = queue.popleft()
         if digest in marked:
             continue
+        if not is_digest(digest):
+            raise Abort(f"a root or ledger edge names an invalid digest {digest!r}; run ocibuild fsck")
         marked.add(digest)
         for child in edges.get(digest, ()):
             queue.append((child, row_of[child].media_type if child in row_of else None))
@@ -388,7 +431,7 @@ def _mark(
             media_type = row.media_type if row is not None else media_type
         if mt.is_manifest_like(media_type):
             doc = _read_manifest(layout, digest, strict=True)
-        elif not media_type and _looks_like_json(_blob(layout, digest)):
+        elif not media_type and looks_like_json(blob_file(layout, digest)):
             doc = _read_manifest(layout, digest, strict=False)  # a held digest of unknown type
         else:
             continue
@@ -400,17 +443,17 @@ def _mark(
 
 def _mark_referrers(
     layout: str,
-    blobs: list[tuple[Digest, str]],
-    marked: set[Digest],
-    manifests_seen: set[Digest],
-    row_of: dict[Digest, ObjectRow],
-    edges: dict[Digest, list[Digest]],
+    blobs: dict[str, str],
+    marked: set[str],
+    manifests_seen: set[str],
+    row_of: dict[str, ObjectKey],
+    edges: dict[str, list[str]],
     *,
-    exclude: set[Digest],
+    exclude: set[str],
 ) -> None:
     """Keep every local manifest whose ``subject`` is marked (to a fixpoint: referrers of referrers)."""
-    by_subject: dict[Digest, list[tuple[Digest, str | None]]] = {}
-    for digest, path in blobs:
+    by_subject: dict[str, list[tuple[str, str | None]]] = {}
+    for digest, path in blobs.items():
         if digest in marked or digest in exclude:
             continue
         row = row_of.get(digest)
@@ -427,7 +470,7 @@ def _mark_referrers(
                 manifests_seen.add(digest)  # counted in the report; nothing to follow
             continue
         try:
-            if digest.supported and hashlib.new(digest.algorithm, raw).hexdigest() != digest.encoded:
+            if not _matches(digest, raw):
                 continue
             doc = _parse_doc(raw)
         except OCIBuildError:
@@ -445,45 +488,14 @@ def _mark_referrers(
                 pending = True
 
 
-def _looks_like_json(path: "str | os.PathLike[str]") -> bool:
-    try:
-        with open(path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size > MAX_MANIFEST_BYTES:
-                return False
-            return fh.read(64).lstrip()[:1] == b"{"
-    except OSError:
-        return False
-
-
-def _scan_blobs(layout: "str | os.PathLike[str]") -> Iterable[tuple[Digest, str]]:
-    """Files in ``blobs/<alg>/`` named like digests (anything else is not ours to judge)."""
-    root = os.path.join(layout, "blobs")
-    if not os.path.isdir(root):
-        return
-    for alg in os.scandir(root):
-        if not alg.is_dir(follow_symlinks=False):
-            continue
-        for entry in os.scandir(alg.path):
-            try:
-                digest = Digest.parse(f"{alg.name}:{entry.name}")
-            except OCIBuildError:
-                continue
-            yield digest, entry.path
-
-
 def _clean_temp(
     tmp: Path, work: Path, dead: set[str], ts: float, ttl: float, report: GCReport, dry_run: bool
 ) -> None:
     """Temp entries older than the TTL or named after a finished lease; work dirs of finished leases."""
-    candidates: list[Path] = []
-    if tmp.is_dir():
-        for entry in os.scandir(tmp):
-            try:
-                age = ts - entry.stat(follow_symlinks=False).st_mtime
-            except FileNotFoundError:
-                continue
-            if age > ttl or any(entry.name.startswith(lid) for lid in dead):
-                candidates.append(Path(entry.path))
+    candidates = [
+        Path(entry.path) for entry, age in temp_entries(tmp, ts)
+        if age > ttl or any(entry.name.startswith(lid) for lid in dead)
+    ]
     if work.is_dir():
         candidates += [Path(e.path) for e in os.scandir(work) if e.name in dead]
     for path in candidates:
@@ -500,12 +512,16 @@ def _clean_temp(
 def _delete_remote(
     ledger: Ledger, rows: list[ObjectRow], report: GCReport, dry_run: bool, options: Any
 ) -> None:
-    """Delete by digest the ephemeral manifests finished builds pushed to registries."""
+    """Delete by digest the ephemeral manifests finished builds pushed to registries.
+
+    ``options`` may be a zero-argument factory, called only when there is something to delete."""
     if not rows:
         return
     if dry_run:
         report.registry_deleted += [f"{r.location}@{r.digest}" for r in rows]
         return
+    if callable(options):
+        options = options()
     from ocibuild.oci.reference import parse_docker_reference
     from ocibuild.store.registry import get_registry_store
 
@@ -520,12 +536,7 @@ def _delete_remote(
             ledger.forget(row.digest, row.location)
             report.registry_deleted.append(name)
         except Exception as exc:  # reported, retried by the next gc; never fatal
-            report.errors.append(f"cannot delete {name}: {_one_line(exc)}")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
+            report.errors.append(f"cannot delete {name}: {one_line(exc)}")
 
 
 __all__ = ["DEFAULT_GRACE", "GCReport", "collect", "release_and_collect"]
