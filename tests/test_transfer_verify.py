@@ -153,3 +153,30 @@ def test_push_and_pull_count_every_byte_once_and_head_each_blob_once(tmp_path: P
     assert pulled.stats.moved == pulled.stats.bytes["copied"] == total
     assert dst.blob_path(layer.digest).read_bytes() == src.blob_path(layer.digest).read_bytes()
     assert list((dst.path / ".tmp").iterdir()) == []
+
+
+def test_chunked_push_from_a_layout_is_verified_by_the_source_reader(tmp_path: Path, registry, fresh_repo):
+    from ocibuild.store.registry import RegistryOptions
+
+    options = RegistryOptions(retries=1, chunk_size=1024 * 1024, chunk_threshold=2 * 1024 * 1024)
+    src = LayoutStore(tmp_path / "src", create=True)
+    top, layer = _big_image(src, 3 * 1024 * 1024 + 3)
+    remote, _ = open_reference(f"{registry.host}/{fresh_repo}", options=options)
+    mark = registry.log_mark()
+    assert copy_image(src, "v1", remote, "v1").digest == top.digest
+    ranges = [e for e in registry.access_since(mark) if e.method == "PATCH"]
+    assert len(ranges) == 4  # 1 MiB chunks of the 3 MiB layer
+    with remote.open_blob(layer) as stream:
+        assert stream.read() == src.blob_path(layer.digest).read_bytes()
+
+    other, _ = open_reference(f"{registry.host}/{fresh_repo}-bad", options=options)
+    path = src.blob_path(layer.digest)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as fh:  # the first chunk is fine, the last one carries the damage
+        fh.seek(layer.size - 1)
+        byte = fh.read(1)[0]
+        fh.seek(layer.size - 1)
+        fh.write(bytes([byte ^ 1]))
+    with pytest.raises(DigestMismatch):
+        copy_image(src, "v1", other, "v1")
+    assert not other.has_blob(layer)
