@@ -46,12 +46,6 @@ DEFAULT_GROUP_API = "0.10"
 """The Buildpack API assumed for a group entry that does not say (older group.toml files)."""
 
 
-def GroupBuildpack(id: str, version: str, api: str = DEFAULT_GROUP_API, homepage: str = "") -> GroupElement:  # noqa: N802
-    """Old constructor, kept for callers (``ocibuild.cnb.pipeline``): a group entry is a
-    ``descriptor.GroupElement``; pass the detected group's elements directly instead."""
-    return GroupElement(id, version, api=api, homepage=homepage)
-
-
 @dataclass(frozen=True)
 class LayerInfo:
     """One ``<layers>/<bp>/<name>/`` directory with the types and metadata of its ``<name>.toml``."""
@@ -256,10 +250,6 @@ class RunImageSource:
     identifier: str
     name: str
     mirrors: tuple[str, ...] = ()
-
-
-RunImage = RunImageSource
-"""Old name, kept for callers (``ocibuild.cnb.pipeline``)."""
 
 
 @dataclass(frozen=True)

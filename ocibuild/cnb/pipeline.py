@@ -186,13 +186,12 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
 
         target_store, target_id = _open(opts.image, opts, for_write=True)
         from ocibuild.cnb.cache import restore
-        from ocibuild.cnb.export import GroupBuildpack, previous_metadata
+        from ocibuild.cnb.export import previous_metadata
 
         previous = _previous(previous_metadata, target_store, target_id)
         cache = _cache(opts, scratch, target_store)
-        group_bps = [GroupBuildpack(e.id, e.version, str(e.api or "0.10"), e.homepage or "") for e in detected.group]
         if not opts.clear_cache:
-            phases.run("restoring", lambda: restore(cache, layers, group_bps, previous=previous,
+            phases.run("restoring", lambda: restore(cache, layers, list(detected.group), previous=previous,
                                                     image_layers_dir=opts.layers_dir))
 
         from ocibuild.cnb.build import build as run_build
@@ -201,7 +200,7 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
                                                  buildpacks_dir=bp_dir, target=target, sandbox=sandbox))
 
         # 4. Export, then cache.
-        from ocibuild.cnb.export import ExportOptions, RunImage, export
+        from ocibuild.cnb.export import ExportOptions, RunImageSource, export
 
         launcher = phases.run("finding launcher", lambda: _builder_launcher(
             effective, scratch_store, work / "launcher"))
@@ -214,7 +213,7 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         )
         recorded = _Recorded(target_store, lease)
         result = phases.run("exporting", lambda: export(
-            recorded, target_id, RunImage(run_store, run_id, run_name or run_id), export_opts,
+            recorded, target_id, RunImageSource(run_store, run_id, run_name or run_id), export_opts,
             previous=previous))
         if cache is not None:
             phases.run("caching", lambda: cache.save(layers, image_layers_dir=opts.layers_dir, uid=export_opts.uid,
@@ -284,33 +283,27 @@ def _copy_app(app: Path, workspace: Path, project: Any) -> None:
 
 
 def _effective_order(b: Any) -> Any:
-    """The order the lifecycle will use, as ``descriptor.Order`` (detect's model)."""
-    from ocibuild.cnb.buildpack import order_to_json
-    from ocibuild.cnb.descriptor import parse_order
+    """The builder's order with every version resolved (a bare id must name one version on the builder)."""
+    from dataclasses import replace
 
-    layers_md = b.buildpack_layers
-    groups = []
-    for group in order_to_json(b.order):
-        members = []
-        for el in group.get("group", []):
-            el = dict(el)
-            if not el.get("version"):
-                versions = sorted((layers_md.get(el["id"]) or {}).keys())
-                if len(versions) != 1:
-                    raise BuildpackNotFound(f"buildpack {el['id']} is not on the builder (or is ambiguous)",
-                                            buildpack=el["id"])
-                el["version"] = versions[0]
-            members.append(el)
-        groups.append({"group": members})
-    return parse_order(groups, "builder order")
+    from ocibuild.cnb.descriptor import Group, Order
+
+    def resolved(el: Any) -> Any:
+        if el.version:
+            return el
+        versions = sorted((b.buildpack_layers.get(el.id) or {}).keys())
+        if len(versions) != 1:
+            raise BuildpackNotFound(f"buildpack {el.id} is not on the builder (or is ambiguous)", buildpack=el.id)
+        return replace(el, version=versions[0])
+
+    return Order(tuple(Group(tuple(resolved(el) for el in group)) for group in b.order))
 
 
 def _layers_for(order: Any, layers_md: Mapping[str, Any]) -> set[str]:
     """diffIDs of every buildpack reachable from ``order`` (composites followed through the label)."""
     need: set[str] = set()
     seen: set[tuple[str, str]] = set()
-    stack = [(el.id, el.version) for group in order.groups for el in group.elements] \
-        if hasattr(order, "groups") else []
+    stack = [(el.id, el.version) for group in order for el in group]
     while stack:
         bp_id, version = stack.pop()
         if (bp_id, version) in seen:
