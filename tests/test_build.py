@@ -274,3 +274,21 @@ def test_rebase_swaps_the_run_image_layers_and_keeps_the_app_layers(tmp_path: Pa
     ocibuild("unpack", out, str(bundle), scratch=warm_scratch)
     assert (bundle / "etc" / "patched").read_text() == "yes\n"
     assert (bundle / "workspace" / "Procfile").is_file()
+
+
+def test_layer_memo_never_reuses_a_changed_layer(tmp_path: Path, app: Path) -> None:
+    scratch = tmp_path / "scratch"
+    target = f"oci:{tmp_path}/out:app"
+    first = build_json(target, scratch=scratch, app=app)
+    assert list((scratch / "cache" / "layer-memo").glob("*.json")), "export remembers the layers it wrote"
+    procfile = app / "Procfile"
+    original, stat = procfile.read_bytes(), procfile.stat()
+    procfile.write_bytes(original.replace(b"worker process", b"WORKER PROCESS"))  # same size, new mtime
+    changed = build_json(target, scratch=scratch, app=app)
+    assert changed["digest"] != first["digest"]
+    assert changed["uploaded"] >= 1
+    procfile.write_bytes(original)
+    os.utime(procfile, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = build_json(target, scratch=scratch, app=app)
+    assert again["digest"] == first["digest"]
+    assert again["uploaded"] == 0

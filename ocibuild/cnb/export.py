@@ -26,7 +26,8 @@ from ocibuild.cnb.errors import DescriptorError, ExportError
 from ocibuild.cnb.launcher import PROCESS_TABLE_NAME, LaunchProcess, launcher_bytes, render_process_table
 from ocibuild.errors import ManifestError, UsageError
 from ocibuild.layer import write_layer
-from ocibuild.layer.tarwriter import DIR, TarEntry, entries_from_dir, normalize_path
+from ocibuild.layer.memo import LayerMemo, entries_key
+from ocibuild.layer.tarwriter import DIR, TarEntry, TarOptions, entries_from_dir, normalize_path
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.oci.digest import Digest
@@ -192,16 +193,26 @@ def _dir_entries(host_dir: Path, image_path: str, uid: int, gid: int,
         if include is not None and rel and not include(rel):
             continue
         out.append(TarEntry(e.path, e.kind, e.mode, e.size, e.linkname, uid, gid, opener=e.opener,
-                            link_key=e.link_key))
+                            link_key=e.link_key, fingerprint=e.fingerprint))
     return out
 
 
 class _LayerMaker:
-    def __init__(self, tmp_dir: Path, media_type: str):
-        self.tmp_dir, self.media_type = tmp_dir, media_type
+    """Writes layers; with a memo, an unchanged layer the target already holds is not written again."""
+
+    def __init__(self, tmp_dir: Path, media_type: str, memo: LayerMemo | None = None, target: Store | None = None):
+        self.tmp_dir, self.media_type, self.memo, self.target = tmp_dir, media_type, memo, target
 
     def make(self, entries: Iterable[TarEntry], created_by: str) -> BuiltLayer:
-        result = write_layer(list(entries), media_type=self.media_type, tmp_dir=self.tmp_dir)
+        entries = list(entries)
+        key = entries_key(entries, TarOptions(), self.media_type) if self.memo is not None else None
+        if key is not None:
+            hit = self.memo.get(key)  # type: ignore[union-attr]
+            if hit is not None and self.target is not None and self.target.has_blob(hit[0]):
+                return BuiltLayer(hit[0], hit[1], created_by, None)
+        result = write_layer(entries, media_type=self.media_type, tmp_dir=self.tmp_dir)
+        if key is not None:
+            self.memo.put(key, result.descriptor, result.diff_id)  # type: ignore[union-attr]
         return BuiltLayer(result.descriptor, result.diff_id, created_by, result.path)
 
 
@@ -269,6 +280,7 @@ class ExportOptions:
     app_include: Callable[[str], bool] | None = None  # project.toml include/exclude, on app-relative paths
     tmp_dir: Path | None = None
     extra_tags: tuple[str, ...] = ()
+    layer_memo_dir: Path | None = None  # remembers unchanged layers across builds (see layer.memo)
 
 
 @dataclass(frozen=True)
@@ -393,7 +405,8 @@ def export(
     img_layers = options.image_layers_dir
 
     work = Path(tempfile.mkdtemp(prefix="ocibuild-export-", dir=options.tmp_dir))
-    maker = _LayerMaker(work, layer_type)
+    memo = LayerMemo(options.layer_memo_dir) if options.layer_memo_dir is not None else None
+    maker = _LayerMaker(work, layer_type, memo, target)
     added: list[BuiltLayer] = []
     prev_layers = _previous_layers(previous)
     try:

@@ -209,6 +209,7 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
             default_process=opts.default_process, creation_time=opts.creation_time,
             tmp_dir=getattr(target_store, "tmp_dir", None) or work, extra_tags=tuple(opts.tags),
             project_metadata=project.metadata_label, image_layers_dir=opts.layers_dir,
+            layer_memo_dir=scratch.cache_path / "layer-memo",
             image_app_dir=opts.workspace,
         )
         recorded = _Recorded(target_store, lease)

@@ -19,6 +19,7 @@ examples show and what ``tar`` accepts without a warning.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -76,10 +77,14 @@ class TarEntry:
     opener: Callable[[], BinaryIO] | None = field(default=None, compare=False, repr=False)
     link_key: object = field(default=None, compare=False, repr=False)
     """Entries sharing a link_key are one file: the first (sorted) is written, the rest hard-link it."""
+    fingerprint: str | None = field(default=None, compare=False, repr=False)
+    """What identifies a regular file's content without reading it (``size:mtime_ns`` of its source,
+    or the hash of in-memory data); None: unknown, and a layer holding it is never memoized."""
 
     @classmethod
     def file(cls, path: str, data: bytes, mode: int = 0o644, **kw: object) -> "TarEntry":
         blob = bytes(data)
+        kw.setdefault("fingerprint", "sha256:" + hashlib.sha256(blob).hexdigest())
         return cls(normalize_path(path), FILE, mode, len(blob), opener=lambda: _BytesReader(blob), **kw)  # type: ignore[arg-type]
 
     @classmethod
@@ -172,7 +177,8 @@ def _entry_for_file(full: str, tar_path: str) -> TarEntry | None:
         return TarEntry(tar_path, SYMLINK, mode, linkname=os.readlink(full))
     if stat.S_ISREG(st.st_mode):
         key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
-        return TarEntry(tar_path, FILE, mode, st.st_size, opener=lambda: open(full, "rb"), link_key=key)
+        return TarEntry(tar_path, FILE, mode, st.st_size, opener=lambda: open(full, "rb"), link_key=key,
+                        fingerprint=f"{st.st_size}:{st.st_mtime_ns}")
     if stat.S_ISFIFO(st.st_mode):
         return TarEntry(tar_path, FIFO, mode)
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
