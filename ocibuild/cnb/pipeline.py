@@ -8,6 +8,7 @@ finally: release the lease and garbage-collect the scratch layout, however the b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 import tomli_w
 
 from ocibuild.cnb.errors import BuildpackNotFound
+from ocibuild.cnb.workspace import prepared as prepared_workspace
 from ocibuild.errors import UsageError
 from ocibuild.oci.descriptor import Platform
 
@@ -116,6 +118,7 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
     scratch_store = scratch.open_layout()
     work = scratch.work_path / lease.id
     work.mkdir(parents=True)
+    cleanup = contextlib.ExitStack()
     try:
         # 1. The builder: identity is the digest read here, before anything is composed.
         run_image_store = None
@@ -160,13 +163,14 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
 
         # 3. Detect, restore, build.
         layers = work / "layers"
-        workspace = work / "workspace"
         platform_dir = work / "platform"
         layers.mkdir()
         (platform_dir / "env").mkdir(parents=True)
         for key in sorted(env):
             (platform_dir / "env" / key).write_text(env[key])
-        _copy_app(app, workspace, project)
+        include = (project.includes if project.include or project.exclude else None)
+        workspace = phases.run("preparing workspace", lambda: cleanup.enter_context(
+            prepared_workspace(app, scratch.root, work / "workspace", include)))
         run_name = opts.run_image or next((r.image for r in effective.run_images), "")
         if run_image_store is not None and not opts.run_image:
             run_store, run_id = run_image_store, run_tag
@@ -227,6 +231,7 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
             uploaded=sum(1 for _ in result.uploaded), phases=dict(phases.times), gc=None,
         )
     finally:
+        cleanup.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -263,24 +268,6 @@ def _requested_buildpacks(sources: tuple[str, ...], opts: BuildOptions) -> tuple
         members.append(f"{loaded[0].id}@{loaded[0].version}")
         extra += loaded
     return extra, parse_order([members])
-
-
-def _copy_app(app: Path, workspace: Path, project: Any) -> None:
-    """The app as buildpacks see it: the user's directory (never modified), filtered by project.toml."""
-    if not project.include and not project.exclude:
-        shutil.copytree(app, workspace, symlinks=True)
-        return
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        rel_dir = os.path.relpath(directory, app)
-        skipped = set()
-        for name in names:
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if not project.includes(rel, os.path.isdir(os.path.join(directory, name))):
-                skipped.add(name)
-        return skipped
-
-    shutil.copytree(app, workspace, symlinks=True, ignore=ignore)
 
 
 def _effective_order(b: Any) -> Any:
