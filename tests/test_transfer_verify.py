@@ -180,3 +180,47 @@ def test_chunked_push_from_a_layout_is_verified_by_the_source_reader(tmp_path: P
     with pytest.raises(DigestMismatch):
         copy_image(src, "v1", other, "v1")
     assert not other.has_blob(layer)
+
+
+def test_a_body_cut_short_is_a_lost_connection_and_leaves_nothing(tmp_path: Path):
+    """A registry that closes the connection before Content-Length: a transport error, nothing kept."""
+    import socket
+    import threading
+
+    data = os.urandom(3 * 1024 * 1024)
+    layer = desc_of(data)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = conn.recv(65536).decode("latin-1")
+                if request.startswith("GET /v2/ "):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                elif request.startswith("HEAD "):
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                else:  # the blob: full headers, half the body, then hang up
+                    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+                    conn.sendall(head.encode() + data[: len(data) // 2])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    from ocibuild.errors import RegistryError
+    from ocibuild.store.registry import RegistryOptions
+
+    try:
+        remote, _ = open_reference(f"127.0.0.1:{port}/cut", options=RegistryOptions(retries=0, timeout=10))
+        dst = LayoutStore(tmp_path / "dst", create=True)
+        with pytest.raises(RegistryError, match="connection lost"):
+            with remote.open_blob(layer) as stream:
+                dst.put_blob(layer, stream)
+        assert not dst.has_blob(layer) and list((dst.path / ".tmp").iterdir()) == []
+    finally:
+        listener.close()

@@ -87,9 +87,12 @@ class _BodyReader:
 
     def _readinto_fp(self, buffer: memoryview) -> int:
         try:
-            return self._fp.readinto(buffer)
+            n = self._fp.readinto(buffer)
         except (http.client.HTTPException, OSError) as exc:
             raise RegistryError(f"{self._what}: connection lost while reading ({type(exc).__name__})") from None
+        if not n and len(buffer) and self._fp.length:  # EOF before Content-Length: http.client won't say
+            raise RegistryError(f"{self._what}: connection lost while reading ({self._fp.length} bytes missing)")
+        return n
 
     def close(self) -> None:
         self._resp.close()
