@@ -105,12 +105,10 @@ class ObjectRow:
 
 
 class ObjectKey(NamedTuple):
-    """The columns of an ``objects`` row GC needs, unparsed (``digest`` is ``"algorithm:encoded"``)."""
+    """What GC needs of an ``objects`` row at one location, unparsed (``digest`` is ``"alg:encoded"``)."""
 
     digest: str
-    location: str
     media_type: str
-    size: int
     lease_id: str | None
     role: str
     ephemeral: bool
@@ -386,14 +384,12 @@ class Ledger:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         return [_object(r) for r in self._read(f"SELECT * FROM objects{where} ORDER BY created, digest", args)]
 
-    def object_keys(self, location: str | None = None) -> list["ObjectKey"]:
-        """Rows at ``location`` (or everywhere) as plain tuples: what GC needs of each, nothing parsed."""
-        sql = "SELECT digest, location, media_type, size, lease_id, role, ephemeral FROM objects"
-        args: list[Any] = []
-        if location is not None:
-            sql += " WHERE location = ?"
-            args.append(location)
-        return [ObjectKey(d, loc, m, s, lid, r, bool(e)) for d, loc, m, s, lid, r, e in self._tuples(sql, args)]
+    def object_keys(self, location: str) -> list[ObjectKey]:
+        """The rows at ``location`` as plain tuples: GC reads them all and parses nothing."""
+        rows = self._tuples(
+            "SELECT digest, media_type, lease_id, role, ephemeral FROM objects WHERE location = ?", (location,)
+        )
+        return [ObjectKey(d, m, lid, r, bool(e)) for d, m, lid, r, e in rows]
 
     def forget(self, digest: Digest | str, location: str) -> None:
         self.forget_many([(digest, location)])
