@@ -102,14 +102,13 @@ def pushed_intact(registry: RegistryServer, repo: str, tag: str, image: ImageInf
 PUSH_FAULTS = {
     "drop-up-early": [Fault("drop", after=2_000, direction="up")],
     "drop-up-mid-blob": [Fault("drop", after=250_000, direction="up")],
-    "drop-up-late": [Fault("drop", after=380_000, direction="up")] * 2,
+    "drop-up-late": [Fault("drop", after=380_000, direction="up")],
     "drop-down-on-answer": [Fault("drop", after=100, direction="down")] * 2,
     "503-storm": [Fault("status", status=503, retry_after="0")] * 3,
     "429-retry-after": [Fault("status", status=429, retry_after="1")] * 2,
-    "503-no-retry-after": [Fault("status", status=503, retry_after=None)] * 2,
+    "503-no-retry-after": [Fault("status", status=503, retry_after=None)],
     "mixed": [Fault("status", status=503), Fault("drop", after=150_000, direction="up"), Fault("status", status=429)],
     "storm-beyond-retries": [Fault("status", status=503, retry_after="0")] * 40,
-    "drops-beyond-retries": [Fault("drop", after=50_000, direction="up")] * 40,
 }
 
 

