@@ -1,7 +1,9 @@
 """A loopback TCP proxy that injects faults between a client and a real registry.
 
-Each accepted connection takes the next ``Fault`` from the proxy's queue (``default`` when the
-queue is empty) and is served by one daemon thread pair:
+Faults wait in a queue. A ``status`` or ``stall`` at the head is taken by the next accepted
+connection; a ``drop`` at the head is taken by the first connection (new or already open) whose
+byte count in its ``direction`` crosses ``after`` — so a drop lands inside a blob, not in the small
+requests that open a transfer. With an empty queue connections get ``default``. Kinds:
 
 * ``pass``   — bytes forwarded both ways untouched;
 * ``drop``   — forwarded until ``after`` bytes went in ``direction`` (``down``: registry to client,
@@ -113,34 +115,55 @@ class FaultProxy:
                 return
             count += 1
             with self._lock:
-                fault = self.faults.popleft() if self.faults else self.default
+                if self.faults and self.faults[0].kind in ("status", "stall"):
+                    fault = self.faults.popleft()
+                elif self.faults:
+                    fault = PASS  # forwarded and watched: a queued drop fires when its byte count is crossed
+                else:
+                    fault = self.default
             threading.Thread(target=self._serve, args=(self._track(client), fault), daemon=True,
                              name=f"faultproxy-{count}").start()
 
     def _serve(self, client: socket.socket, fault: Fault) -> None:
-        moved = 0
+        moved, fired = 0, False
         try:
             if fault.kind == "stall":
                 self._stopped.wait(fault.seconds)
+                fired = True
             elif fault.kind == "status":
                 moved = _answer_status(client, fault)
+                fired = moved > 0
             else:
                 upstream = self._track(socket.create_connection(self.upstream, timeout=_IO_TIMEOUT))
-                moved = self._pipe(client, upstream, fault)
+                moved, fired, fault = self._pipe(client, upstream, fault)
         except OSError:
             pass
         finally:
-            with self._lock:
-                self.log.append((str(fault), moved))
+            with self._lock:  # a drop whose byte count was never reached injected nothing: logged as pass
+                self.log.append((str(fault) if fired else "pass", moved))
             _close(client)
 
-    def _pipe(self, client: socket.socket, upstream: socket.socket, fault: Fault) -> int:
-        """Forward both ways; for ``drop`` stop both once ``after`` bytes passed in ``direction``."""
-        budget = {"up": None, "down": None}
+    def _pipe(self, client: socket.socket, upstream: socket.socket, fault: Fault) -> tuple[int, bool, Fault]:
+        """Forward both ways; for ``drop`` stop both once ``after`` bytes passed in ``direction``.
+
+        Returns the bytes moved, whether a drop fired, and the fault the connection ended with."""
+        budget: dict[str, int | None] = {"up": None, "down": None}
         if fault.kind == "drop":
             budget[fault.direction] = fault.after
         done = threading.Event()
         moved = {"up": 0, "down": 0}
+        fired = threading.Event()
+
+        def queued_drop(way: str, upto: int) -> int | None:
+            """Take the queued drop at the head if this connection crosses its byte count."""
+            nonlocal fault
+            with self._lock:
+                head = self.faults[0] if self.faults else None
+                if head is not None and head.kind == "drop" and head.direction == way and upto >= head.after:
+                    self.faults.popleft()
+                    fault = head
+                    return head.after
+            return None
 
         def forward(src: socket.socket, dst: socket.socket, way: str) -> None:
             try:
@@ -149,9 +172,12 @@ class FaultProxy:
                     if not data:
                         break
                     limit = budget[way]
+                    if limit is None and fault.kind == "pass":
+                        limit = queued_drop(way, moved[way] + len(data))
                     if limit is not None and moved[way] + len(data) >= limit:
                         dst.sendall(data[: max(0, limit - moved[way])])
                         moved[way] = limit
+                        fired.set()
                         break
                     dst.sendall(data)
                     moved[way] += len(data)
@@ -166,7 +192,7 @@ class FaultProxy:
         t.start()
         forward(client, upstream, "up")
         t.join(timeout=_IO_TIMEOUT)
-        return moved["up"] + moved["down"]
+        return moved["up"] + moved["down"], fired.is_set(), fault
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
