@@ -297,7 +297,7 @@ class _Phases:
         self.last = now
 
 
-UNLINK_THREADS = 8
+UNLINK_THREADS = 16
 """Unlinks run this many at a time: each mostly waits on the filesystem journal, not the CPU."""
 _POOL_MIN = 64
 _YOUNG, _GONE = -1, -2
