@@ -20,9 +20,9 @@ class GlobalOptions:
     quiet: bool = False
 
     def registry_options(self) -> Any:
-        """A ``RegistryOptions`` for these flags; imported lazily (it pulls in ``requests``)."""
+        """A ``RegistryOptions`` for these flags; imported lazily (light: no ``requests``)."""
         from ocibuild.oci.reference import normalize_registry
-        from ocibuild.store.registry.client import RegistryOptions
+        from ocibuild.store.options import RegistryOptions
 
         insecure = frozenset(normalize_registry(h) for h in self.insecure_registries)
         return RegistryOptions(insecure=insecure, ca_cert=self.ca_cert)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import os
 import random
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
@@ -22,6 +20,7 @@ import requests
 import urllib3
 
 from ocibuild.errors import AuthError, RegistryError
+from ocibuild.store.options import RegistryOptions  # noqa: F401  (re-exported: callers import it from here)
 from ocibuild.oci.reference import DOCKER_HUB, DOCKER_HUB_API, is_loopback_host, normalize_registry
 from ocibuild.store.registry import credentials as creds
 from ocibuild.store.registry.auth import (
@@ -36,7 +35,6 @@ from ocibuild.store.registry.auth import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_USER_AGENT = "ocibuild/0.1"
 MAX_RETRY_AFTER = 60.0
 MAX_BACKOFF = 10.0
 MAX_REDIRECTS = 10
@@ -66,33 +64,6 @@ class _Adapter(requests.adapters.HTTPAdapter):
 def _sleep(seconds: float) -> None:
     """Indirection so tests can record waits instead of sleeping."""
     time.sleep(seconds)
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    """How to reach registries. Frozen and hashable: clients are cached per (host, options)."""
-
-    insecure: frozenset[str] = frozenset()
-    ca_cert: str | None = None
-    timeout: float = 60.0
-    retries: int = 5
-    auth_file: str | None = None
-    chunk_size: int = 64 * 1024 * 1024
-    chunk_threshold: int = 256 * 1024 * 1024
-    user_agent: str = DEFAULT_USER_AGENT
-    max_retry_time: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.insecure, frozenset):
-            object.__setattr__(self, "insecure", frozenset(self.insecure))
-
-    def is_insecure(self, registry: str) -> bool:
-        return registry in self.insecure or (registry == DOCKER_HUB and DOCKER_HUB_API in self.insecure)
-
-    def verify_for(self, registry: str) -> bool | str:
-        if self.is_insecure(registry):
-            return False
-        return self.ca_cert or os.environ.get("OCIBUILD_CA_CERT") or True
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
