@@ -132,7 +132,8 @@ def test_rebuild_is_reproducible_reuses_cache_and_uploads_nothing(tmp_path: Path
     proc = ocibuild("build", *args, "--path", str(app), "--json", scratch=scratch)
     second = json.loads(proc.stdout)
     assert second["digest"] == first["digest"]
-    assert second["uploaded"] == 0
+    assert second["uploaded"] == 0 and second["uploaded_bytes"] == 0
+    assert first["uploaded_bytes"] > 0
     rows = json.loads(ocibuild("ledger", "--role", "app-image", "--json", scratch=scratch).stdout)
     rows = rows.get("objects", rows) if isinstance(rows, dict) else rows
     assert [(r["digest"], r["location"]) for r in rows] == [(first["digest"], str(tmp_path / "out"))]
@@ -292,3 +293,16 @@ def test_layer_memo_never_reuses_a_changed_layer(tmp_path: Path, app: Path) -> N
     again = build_json(target, scratch=scratch, app=app)
     assert again["digest"] == first["digest"]
     assert again["uploaded"] == 0
+
+
+def test_sboms_reach_the_image_and_the_output_dir(tmp_path: Path, app: Path, warm_scratch: Path) -> None:
+    out = f"oci:{tmp_path}/out:app"
+    build_json(out, "--buildpack", str(BUILDPACKS / "greeter"), "--buildpack", PROCFILE,
+               "--sbom-output-dir", str(tmp_path / "sbom"), scratch=warm_scratch, app=app)
+    layer_sbom = json.loads((tmp_path / "sbom" / "launch" / "test_greeter" / "greeting" / "sbom.cdx.json").read_text())
+    assert layer_sbom["components"] == [{"name": "greeting"}]
+    assert (tmp_path / "sbom" / "launch" / "test_greeter" / "sbom.cdx.json").is_file()
+    bundle = tmp_path / "unpacked"
+    ocibuild("unpack", out, str(bundle), scratch=warm_scratch)
+    in_image = bundle / "layers" / "sbom" / "launch" / "test_greeter" / "greeting" / "sbom.cdx.json"
+    assert json.loads(in_image.read_text()) == layer_sbom

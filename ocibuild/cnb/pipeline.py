@@ -64,7 +64,8 @@ class BuildOutcome:
     builder_digest: str
     ephemeral_builder: str | None
     group: tuple[str, ...]
-    uploaded: int
+    uploaded: int  # blobs written to the target (everything else was there already, or mounted)
+    uploaded_bytes: int
     phases: Mapping[str, float]
     gc: Mapping[str, Any] | None
 
@@ -200,8 +201,9 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
 
         from ocibuild.cnb.build import build as run_build
 
-        phases.run("building", lambda: run_build(detected.group, detected.plan, layers, workspace, platform_dir,
-                                                 buildpacks_dir=bp_dir, target=target, sandbox=sandbox))
+        built = phases.run("building", lambda: run_build(detected.group, detected.plan, layers, workspace,
+                                                         platform_dir, buildpacks_dir=bp_dir, target=target,
+                                                         sandbox=sandbox))
 
         # 4. Export, then cache.
         from ocibuild.cnb.export import ExportOptions, RunImageSource, export
@@ -223,16 +225,33 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         if cache is not None:
             phases.run("caching", lambda: cache.save(layers, image_layers_dir=opts.layers_dir, uid=export_opts.uid,
                                                      gid=export_opts.gid, tmp_dir=work))
-        if opts.sbom_output_dir is not None and (layers / "sbom").is_dir():
-            shutil.copytree(layers / "sbom", opts.sbom_output_dir, dirs_exist_ok=True)
+        if opts.sbom_output_dir is not None:
+            _write_sboms(built, Path(opts.sbom_output_dir))
+        sizes = {d.digest: d.size for d in (*result.manifest.layers, result.manifest.config)}
         return BuildOutcome(
             image=opts.image, digest=str(result.descriptor.digest), builder_digest=str(original_digest),
             ephemeral_builder=str(composed.digest) if composed.ephemeral else None, group=group_names,
-            uploaded=sum(1 for _ in result.uploaded), phases=dict(phases.times), gc=None,
+            uploaded=len(result.uploaded), uploaded_bytes=sum(sizes.get(d, 0) for d in result.uploaded),
+            phases=dict(phases.times), gc=None,
         )
     finally:
         cleanup.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_sboms(built: Any, out: Path) -> None:
+    """pack's ``--sbom-output-dir``: ``{launch,build}/<bp>/[<layer>/]sbom.<ext>``, as the lifecycle lays them out."""
+    from ocibuild.cnb.descriptor import escape_id
+
+    for bp in built.buildpacks:
+        for sbom in bp.sbom_files:
+            if sbom.layer_type not in ("launch", "build"):
+                continue
+            dest = out / sbom.layer_type / escape_id(sbom.buildpack_id)
+            if sbom.layer_name:
+                dest = dest / sbom.layer_name
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(sbom.path, dest / f"sbom.{sbom.extension}")
 
 
 def _project(opts: BuildOptions, app: Path) -> Any:
