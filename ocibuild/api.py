@@ -294,11 +294,24 @@ def mutate(
 def unpack(
     ref: str, directory: str, *, platform: Platform | None = None, registry: str | None = None, options: Any = None
 ) -> Descriptor:
-    """Extract the image's root filesystem into ``directory`` (layers in order, whiteouts applied, verified)."""
+    """Extract the image's root filesystem into ``directory`` (layers in order, whiteouts applied, verified).
+
+    Extraction streams, so a refused entry or a digest mismatch is found mid-way: a ``directory``
+    this call created is removed again on failure (one the caller made is left as the layers left it).
+    """
+    import os
+    import shutil
+
     from ocibuild.layer.extract import unpack_image
 
-    with open_image(ref, registry=registry, options=options) as (store, identifier):
-        desc, raw = store.get_manifest(_require_identifier(store, identifier, ref))
-        image_desc, doc = _image_manifest(store, desc, raw, platform)
-        unpack_image(store, doc, directory)
-        return image_desc
+    created = not os.path.lexists(directory)
+    try:
+        with open_image(ref, registry=registry, options=options) as (store, identifier):
+            desc, raw = store.get_manifest(_require_identifier(store, identifier, ref))
+            image_desc, doc = _image_manifest(store, desc, raw, platform)
+            unpack_image(store, doc, directory)
+            return image_desc
+    except BaseException:
+        if created and os.path.isdir(directory) and not os.path.islink(directory):
+            shutil.rmtree(directory, ignore_errors=True)
+        raise

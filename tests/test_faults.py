@@ -205,5 +205,8 @@ def test_stalled_responses_time_out_cleanly(tmp_path: Path, registry: RegistrySe
         pushed_intact(registry, fresh_repo, "v1", image, tmp_path)
 
 
-def test_report_faults() -> None:
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts() -> Iterator[None]:
+    """Print what this module tried (run with ``-s``), for the hardening table."""
+    yield
     print(f"\nfaults injected: {dict(FAULTS)} total={sum(FAULTS.values())}; outcomes: {dict(OUTCOMES)}")

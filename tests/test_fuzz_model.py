@@ -6,7 +6,6 @@ so the hardening table can report them. Only ``OCIBuildError`` subclasses may es
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import re
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 
 from ocibuild.cnb.env import ACTIONS, BuildEnv, env_dir_ops
 from ocibuild.errors import InvalidDigest, InvalidReference, OCIBuildError
-from ocibuild.layer.tarwriter import DIR, FILE, SYMLINK, TarEntry, TarOptions, pack_mode, write_tar
+from ocibuild.layer.tarwriter import TarEntry, TarOptions, pack_mode, write_tar
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Platform
 from ocibuild.oci.digest import Digest

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -82,5 +83,8 @@ def test_bad_project_toml(tmp_path: Path, scratch: Path, case: str) -> None:
     _refused(tmp_path, _run(tmp_path, scratch=scratch), before)
 
 
-def test_hostile_counts() -> None:
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts() -> Iterator[None]:
+    """Print what this module tried (run with ``-s``), for the hardening table."""
+    yield
     print(f"\nhostile descriptors tried: buildpack.toml={len(BAD_BUILDPACK_TOML)} project.toml={len(BAD_PROJECT_TOML)}")

@@ -7,7 +7,6 @@ no tag and no blob that is not verified; unknown media types are copied byte for
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -15,13 +14,13 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import responses
 
 from ocibuild.errors import DigestMismatch, ManifestError, OCIBuildError
 from ocibuild.oci import mediatype as mt
-from ocibuild.oci.descriptor import Descriptor
 from ocibuild.oci.digest import Digest
 from ocibuild.oci.manifest import ImageConfig, Index, Manifest
 from ocibuild.oci.reference import Reference
@@ -274,5 +273,8 @@ def test_index_cycle_served_by_a_registry(rsps, tmp_path: Path) -> None:
     assert len(rsps.calls) < 10
 
 
-def test_report_counts() -> None:
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts() -> Iterator[None]:
+    """Print what this module tried (run with ``-s``), for the hardening table."""
+    yield
     print(f"\nhostile manifests tried: {dict(COUNTS)} total={sum(COUNTS.values())}")

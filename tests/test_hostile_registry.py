@@ -13,6 +13,7 @@ import io
 import os
 import re
 from collections import Counter
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -208,5 +209,8 @@ def test_upload_location_on_another_host(rsps, location: str) -> None:
         assert_no_leak(rsps)
 
 
-def test_report_counts() -> None:
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts() -> Iterator[None]:
+    """Print what this module tried (run with ``-s``), for the hardening table."""
+    yield
     print(f"\nhostile registry answers tried: {dict(COUNTS)} total={sum(COUNTS.values())}")
