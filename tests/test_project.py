@@ -97,3 +97,24 @@ def test_bad_descriptors_are_one_line_usage_errors(tmp_path: Path, text: str) ->
     with pytest.raises(UsageError) as err:
         load_project(tmp_path / "project.toml")
     assert "\n" not in str(err.value) and "project.toml" in str(err.value)
+
+
+def test_unknown_schema_version_and_non_utf8_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "project.toml").write_text('[_]\nschema-version = "7.0"\n')
+    with pytest.raises(UsageError, match="unsupported project.toml schema-version '7.0'"):
+        load_project(tmp_path / "project.toml")
+    (tmp_path / "project.toml").write_bytes(b'[_]\nid = "\xff"\n')
+    with pytest.raises(UsageError, match="not UTF-8"):
+        load_project(tmp_path / "project.toml")
+
+
+def test_non_utf8_buildpack_toml_is_a_descriptor_error(tmp_path: Path) -> None:
+    from ocibuild.cnb.buildpack import load_buildpacks
+    from ocibuild.cnb.errors import DescriptorError
+
+    bp = tmp_path / "bp"
+    (bp / "bin").mkdir(parents=True)
+    (bp / "buildpack.toml").write_bytes(b'api = "0.10"\n[buildpack]\nid = "x/\xff"\nversion = "1"\n')
+    (bp / "bin" / "build").write_text("#!/bin/sh\n")
+    with pytest.raises(DescriptorError, match="buildpack.toml: not UTF-8 text"):
+        load_buildpacks(bp)

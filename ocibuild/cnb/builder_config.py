@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from ocibuild.cnb.buildpack import Buildpack, dedupe, load_buildpacks
 from ocibuild.cnb.builder import RunImage, open_builder
 from ocibuild.cnb.compose import BuildConfigEnv, ComposeResult, Lifecycle, compose_builder, publish_builder
-from ocibuild.cnb.descriptor import Order, parse_order
+from ocibuild.cnb.descriptor import Order, parse_order, decode_text
 from ocibuild.errors import UsageError
 from ocibuild.oci.descriptor import Descriptor, Platform
 
@@ -69,7 +69,7 @@ def _str(value: Any, what: str) -> str:
 def read_builder_config(path: str | os.PathLike[str]) -> BuilderConfig:
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        doc = tomllib.loads(decode_text(path.read_bytes(), str(path)))
     except FileNotFoundError:
         raise UsageError(f"{path}: no such builder config") from None
     except tomllib.TOMLDecodeError as exc:

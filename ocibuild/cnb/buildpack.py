@@ -36,6 +36,7 @@ from ocibuild.cnb.descriptor import (
     Order,
     Stack,
     TargetSpec,
+    decode_text,
     escape_id,
     order_to_json,
     parse_descriptor,
@@ -485,13 +486,14 @@ def _load_directory(path: Path, platform: Platform | None, options: Any) -> list
     descriptor = path / "buildpack.toml"
     if not descriptor.is_file():
         raise UsageError(f"{path}: no buildpack.toml")
-    desc = _read_descriptor(descriptor.read_text(encoding="utf-8"), path.absolute(), str(descriptor))
+    desc = _read_descriptor(decode_text(descriptor.read_bytes(), str(descriptor)), path.absolute(),
+                            str(descriptor))
     main = Buildpack.from_descriptor(desc, DirectorySource(path))
     deps: list[Buildpack] = []
     package = path / "package.toml"
     if package.is_file():
         try:
-            doc = tomllib.loads(package.read_text(encoding="utf-8"))
+            doc = tomllib.loads(decode_text(package.read_bytes(), str(package)))
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{package}: invalid TOML: {exc}") from None
         for dep in doc.get("dependencies") or []:
@@ -515,7 +517,8 @@ def _load_archive(path: Path) -> list[Buildpack]:
         raise UsageError(f"{path}: not a buildpack archive ({exc})") from None
     if text is None:
         raise UsageError(f"{path}: no buildpack.toml at the archive root")
-    desc = _read_descriptor(text.decode("utf-8"), path.absolute(), f"{path}:buildpack.toml", names.__contains__)
+    desc = _read_descriptor(decode_text(text, f"{path}:buildpack.toml"), path.absolute(), f"{path}:buildpack.toml",
+                            names.__contains__)
     return [Buildpack.from_descriptor(desc, ArchiveSource(path))]
 
 

@@ -18,7 +18,6 @@ from ocibuild.errors import UsageError
 from ocibuild.layer import TarEntry, write_layer
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.manifest import ImageConfig, Manifest
-from ocibuild.store.base import put_bytes
 
 DEFAULT_BUILDER = "ocibuild:default"
 BUILDER_TAG = f"ocibuild.local/default-builder:{ocibuild.__version__}"

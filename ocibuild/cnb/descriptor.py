@@ -461,10 +461,17 @@ def load_descriptor(root: str | Path) -> BuildpackDescriptor:
     return parse_descriptor(_read_toml(root / "buildpack.toml"), root)
 
 
+def decode_text(data: bytes, where: str) -> str:
+    """TOML files are UTF-8; anything else is a one-line descriptor error, not a traceback."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DescriptorError(f"{where}: not UTF-8 text") from None
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(decode_text(path.read_bytes(), str(path)))
     except FileNotFoundError:
         raise DescriptorError(f"{path}: file not found") from None
     except tomllib.TOMLDecodeError as err:

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 from ocibuild.errors import UsageError
 
+SCHEMA_VERSIONS = frozenset({"0.1", "0.2"})
+
 
 @dataclass(frozen=True)
 class Project:
@@ -72,13 +74,19 @@ def _matches(patterns: tuple[str, ...], rel_path: str, is_dir: bool) -> bool:
 
 def load_project(path: Path) -> Project:
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise UsageError(f"cannot read project descriptor {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
     if "_" in doc or "io" in doc:  # schema 0.2
         meta = doc.get("_") or {}
+        schema = str(meta.get("schema-version", "0.2"))
+        if schema not in SCHEMA_VERSIONS:
+            raise UsageError(f"{path}: unsupported project.toml schema-version {schema!r} "
+                             f"(supported: {', '.join(sorted(SCHEMA_VERSIONS))})")
         build = (doc.get("io") or {}).get("buildpacks") or {}
         groups = build.get("group") or []
         env_tables = (build.get("build") or {}).get("env") or []
