@@ -253,3 +253,15 @@ def test_put_blob_file_moves_or_copies(tmp_path: Path) -> None:
         store.put_blob_file(lying, bad.path)
     assert not bad.path.exists() and not store.blob_path(lying.digest).exists()
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_oversized_index_json_is_refused_without_reading_it_whole(tmp_path) -> None:
+    from ocibuild.errors import StoreError
+    from ocibuild.oci.manifest import MAX_MANIFEST_BYTES
+    from ocibuild.store.layout import LayoutStore
+
+    store = LayoutStore(tmp_path / "l", create=True)
+    with open(tmp_path / "l" / "index.json", "wb") as fh:
+        fh.write(b'{"schemaVersion":2,"manifests":[]}' + b" " * (MAX_MANIFEST_BYTES * 4))
+    with pytest.raises(StoreError, match="over the .* byte limit"):
+        store.tags()

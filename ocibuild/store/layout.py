@@ -183,7 +183,8 @@ class LayoutStore:
     # -- index.json --------------------------------------------------------------------------
     def _read_index_doc(self) -> dict:
         try:
-            raw = (self.path / INDEX_FILE).read_bytes()
+            with open(self.path / INDEX_FILE, "rb") as fh:
+                raw = fh.read(MAX_MANIFEST_BYTES + 1)  # never more than the cap in memory
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
         except OSError as exc:
