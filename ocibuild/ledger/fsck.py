@@ -180,7 +180,7 @@ def _check_layout(
 
     # Every blob file: named like a digest; recorded small JSON and (with full) everything re-hashed.
     found, foreign = scan_blobs(store.path)
-    names = {Digest.parse(d): path for d, path in found.items()}
+    names = {Digest.parse(d): entry.path for d, entry in found.items()}
     for digest, path in names.items():
         row = rows.get(digest)
         if full or (row is not None and (mt.is_manifest_like(row.media_type) or row.media_type in mt.CONFIG_TYPES)):

@@ -226,10 +226,11 @@ def _collect_layout(
     _mark_referrers(layout, blobs, marked, manifests_seen, row_of, edges, exclude=ephemeral_dead)
     clock.lap("mark")
 
-    # 5. Sweep: stat and unlink the unreached blobs, several at a time (the unlinks wait on the disk).
-    doomed = [digest for digest in blobs if digest not in marked]
+    # 5. Sweep: stat and unlink the unreached blobs, several at a time (the unlinks wait on the disk),
+    #    in inode order (freeing neighbouring inodes together dirties fewer metadata blocks).
+    doomed = sorted((d for d in blobs if d not in marked), key=lambda d: blobs[d].inode())
     report.kept = len(blobs) - len(doomed)
-    jobs = [(blobs[d], None if d in claimed_dead else ts - grace) for d in doomed]
+    jobs = [(blobs[d].path, None if d in claimed_dead else ts - grace) for d in doomed]
     swept: list[str] = []
     gone: set[str] = set()
     for digest, outcome in zip(doomed, _run_removals(jobs, dry_run)):
@@ -458,7 +459,7 @@ def _mark(
 
 def _mark_referrers(
     layout: str,
-    blobs: dict[str, str],
+    blobs: dict[str, os.DirEntry[str]],
     marked: set[str],
     manifests_seen: set[str],
     row_of: dict[str, ObjectKey],
@@ -468,14 +469,14 @@ def _mark_referrers(
 ) -> None:
     """Keep every local manifest whose ``subject`` is marked (to a fixpoint: referrers of referrers)."""
     by_subject: dict[str, list[tuple[str, str | None]]] = {}
-    for digest, path in blobs.items():
+    for digest, entry in blobs.items():
         if digest in marked or digest in exclude:
             continue
         row = row_of.get(digest)
         if row is not None and row.media_type and not mt.is_manifest_like(row.media_type):
             continue  # the ledger knows it is a config or a layer
         try:
-            raw = _read_small(path)
+            raw = _read_small(entry.path)
         except OSError:
             continue
         if raw is None or raw.lstrip()[:1] != b"{" or b'"schemaVersion"' not in raw:

@@ -40,12 +40,13 @@ def blob_file(layout: str, digest: str) -> str:
     return f"{layout}/blobs/{algorithm}/{encoded}"
 
 
-def scan_blobs(layout: "str | os.PathLike[str]") -> tuple[dict[str, str], list[str]]:
-    """One pass over ``blobs/<alg>/``: ({digest: path} of files named like a digest, foreign names).
+def scan_blobs(layout: "str | os.PathLike[str]") -> tuple[dict[str, os.DirEntry[str]], list[str]]:
+    """One pass over ``blobs/<alg>/``: ({digest: entry} of files named like a digest, foreign names).
 
-    Foreign entries (``alg/name``) are not ours to judge: GC leaves them, fsck reports them.
+    Entries carry their path and inode number without a stat. Foreign entries (``alg/name``) are
+    not ours to judge: GC leaves them, fsck reports them.
     """
-    found: dict[str, str] = {}
+    found: dict[str, os.DirEntry[str]] = {}
     foreign: list[str] = []
     root = os.path.join(layout, "blobs")
     if not os.path.isdir(root):
@@ -61,7 +62,7 @@ def scan_blobs(layout: "str | os.PathLike[str]") -> tuple[dict[str, str], list[s
         prefix = f"{alg.name}:"
         for entry in os.scandir(alg.path):
             if shape.fullmatch(entry.name):
-                found[prefix + entry.name] = entry.path
+                found[prefix + entry.name] = entry
             else:
                 foreign.append(f"{alg.name}/{entry.name}")
     return found, foreign
