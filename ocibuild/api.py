@@ -216,7 +216,14 @@ def inspect(
             out["user"] = section.get("User") or None
             out["workingDir"] = section.get("WorkingDir") or None
             out["labels"] = dict(cfg.labels)
+            if LIFECYCLE_LABEL in cfg.labels:  # a buildpacks app image: pack inspect's view too
+                from ocibuild.cnb.inspect import cnb_view
+
+                out["cnb"] = cnb_view(cfg)
         return out
+
+
+LIFECYCLE_LABEL = "io.buildpacks.lifecycle.metadata"
 
 
 def tags(repo: str, *, registry: str | None = None, options: Any = None) -> list[str]:

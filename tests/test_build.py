@@ -306,3 +306,17 @@ def test_sboms_reach_the_image_and_the_output_dir(tmp_path: Path, app: Path, war
     ocibuild("unpack", out, str(bundle), scratch=warm_scratch)
     in_image = bundle / "layers" / "sbom" / "launch" / "test_greeter" / "greeting" / "sbom.cdx.json"
     assert json.loads(in_image.read_text()) == layer_sbom
+
+
+def test_inspect_shows_the_buildpacks_view(tmp_path: Path, app: Path, warm_scratch: Path) -> None:
+    out = f"oci:{tmp_path}/out:app"
+    build_json(out, "--buildpack", str(BUILDPACKS / "greeter"), "--buildpack", PROCFILE, scratch=warm_scratch, app=app)
+    cnb = json.loads(ocibuild("inspect", "--json", out, scratch=warm_scratch).stdout)["cnb"]
+    assert [(p["type"], p["default"]) for p in cnb["processes"]] == [("web", True), ("worker", False)]
+    assert [b["id"] for b in cnb["buildpacks"]] == ["test/greeter", "ocibuild/procfile"]
+    assert [r["name"] for r in cnb["run_images"]] == ["ocibuild.local/default-run:0.1.0"]
+    assert cnb["base_image"]["reference"].startswith("ocibuild.local/default-run@sha256:")
+    human = ocibuild("inspect", out, scratch=warm_scratch).stdout
+    assert "Processes:" in human and "web (default)" in human and "test/greeter" in human
+    plain = ocibuild("inspect", f"oci:{warm_scratch}/layout:ocibuild.local/default-run:0.1.0", scratch=warm_scratch)
+    assert "Processes:" not in plain.stdout  # not a buildpacks image: no such section

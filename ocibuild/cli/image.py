@@ -137,6 +137,12 @@ def _print_summary(info: dict[str, Any]) -> None:
         emit("Labels:")
         for key in sorted(info["labels"]):
             emit(f"  {key}={info['labels'][key]}")
+    if info.get("cnb"):
+        from ocibuild.cnb.inspect import cnb_lines
+
+        emit("")
+        for line in cnb_lines(info["cnb"]):
+            emit(line)
 
 
 def manifest(ctx: typer.Context, ref: str = typer.Argument(..., metavar="REF")) -> None:
