@@ -1,9 +1,11 @@
 """Transfers through a fault-injecting proxy in front of the real registry (``support.faultproxy``).
 
 Connections dropped mid-blob on push and on pull, 503/429 storms with Retry-After, stalled
-responses. Each ``ocibuild copy`` either completes — and then every digest is verified by reading
-the result back — or fails with one ``ocibuild: error:`` line, leaving no tag and no unverified or
-partial blob in the destination; a retried copy without faults then completes.
+responses. Within the retry budget every ``ocibuild copy`` must complete — a push dropped mid-body
+starts a new upload session and resends, a pull dropped mid-blob resumes with ``Range`` — and every
+digest is then verified by reading the result back. Beyond the budget it fails with one
+``ocibuild: error:`` line, leaving no tag and no unverified or partial blob in the destination; a
+retried copy without faults then completes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -110,6 +112,23 @@ PUSH_FAULTS = {
     "mixed": [Fault("status", status=503), Fault("drop", after=150_000, direction="up"), Fault("status", status=429)],
     "storm-beyond-retries": [Fault("status", status=503, retry_after="0")] * 40,
 }
+# Cases whose first fault must really have landed (a drop whose byte count was never crossed
+# would make the case vacuous).
+MUST_INJECT = ("drop-up-early", "drop-up-mid-blob", "drop-up-late", "drop-down-early", "drop-down-mid-blob",
+               "drop-down-late")
+
+
+def within_budget(case: str) -> bool:
+    return not case.endswith("beyond-retries")
+
+
+def fail_cleanly_then_retry(proc: subprocess.CompletedProcess[str], retry: Callable[[], subprocess.CompletedProcess[str]],
+                            what: str) -> None:
+    one_line_error(proc)
+    OUTCOMES[f"{what} failed cleanly"] += 1
+    again = retry()
+    assert again.returncode == 0, f"retried {what} failed: {again.stderr}"
+    OUTCOMES[f"retried {what} completed"] += 1
 
 
 @pytest.mark.parametrize("case", sorted(PUSH_FAULTS))
@@ -117,18 +136,17 @@ def test_push_through_faults(tmp_path: Path, registry: RegistryServer, proxy: Fa
                              fresh_repo: str, case: str) -> None:
     proxy.inject(*PUSH_FAULTS[case])
     proc = ocibuild("copy", image.ref, f"{proxy.host}/{fresh_repo}:v1", tmp=tmp_path, host=proxy.host)
-    if proc.returncode == 0:
+    if case in MUST_INJECT:
+        assert proxy.injected(), f"{case}: the fault never fired"
+    if within_budget(case):
+        assert proc.returncode == 0, f"{case}: push within the retry budget failed: {proc.stderr}"
         OUTCOMES["push completed"] += 1
     else:
-        OUTCOMES["push failed cleanly"] += 1
-        one_line_error(proc)
+        assert proc.returncode != 0
         assert not registry_has_tag(registry, fresh_repo, "v1"), "a failed push left its tag"
         proxy.faults.clear()
-        retry = ocibuild("copy", image.ref, f"{proxy.host}/{fresh_repo}:v1", tmp=tmp_path, host=proxy.host)
-        assert retry.returncode == 0, f"retried push failed: {retry.stderr}"
-        OUTCOMES["retried push completed"] += 1
-    if case.endswith("beyond-retries"):
-        assert proc.returncode != 0
+        fail_cleanly_then_retry(proc, lambda: ocibuild("copy", image.ref, f"{proxy.host}/{fresh_repo}:v1",
+                                                       tmp=tmp_path, host=proxy.host), "push")
     pushed_intact(registry, fresh_repo, "v1", image, tmp_path)
 
 
@@ -140,7 +158,8 @@ PULL_FAULTS = {
     "503-storm": [Fault("status", status=503, retry_after="0")] * 4,
     "429-retry-after": [Fault("status", status=429, retry_after="1")],
     "storm-beyond-retries": [Fault("status", status=503, retry_after="0")] * 40,
-    "drops-beyond-retries": [Fault("drop", after=100_000)] * 40,
+    # every connection dies after 10 kB: a 400 kB blob would need ~40 resumes, over the budget (5)
+    "drops-beyond-retries": [Fault("drop", after=10_000)] * 80,
 }
 
 
@@ -158,20 +177,18 @@ def test_pull_through_faults(tmp_path: Path, proxy: FaultProxy, image: ImageInfo
     proxy.inject(*PULL_FAULTS[case])
     dest = tmp_path / "dest"
     proc = ocibuild("copy", f"{proxy.host}/{pushed}:v1", f"oci:{dest}:v1", tmp=tmp_path, host=proxy.host)
-    if proc.returncode == 0:
+    if case in MUST_INJECT:
+        assert proxy.injected(), f"{case}: the fault never fired"
+    if within_budget(case):
+        assert proc.returncode == 0, f"{case}: pull within the retry budget failed: {proc.stderr}"
         OUTCOMES["pull completed"] += 1
-        verify_layout(dest, "v1", image.manifest.digest)
     else:
-        OUTCOMES["pull failed cleanly"] += 1
-        one_line_error(proc)
+        assert proc.returncode != 0
         verify_layout(dest, "v1", None)
         proxy.faults.clear()
-        retry = ocibuild("copy", f"{proxy.host}/{pushed}:v1", f"oci:{dest}:v1", tmp=tmp_path, host=proxy.host)
-        assert retry.returncode == 0, retry.stderr
-        verify_layout(dest, "v1", image.manifest.digest)
-        OUTCOMES["retried pull completed"] += 1
-    if case.endswith("beyond-retries"):
-        assert proc.returncode != 0
+        fail_cleanly_then_retry(proc, lambda: ocibuild("copy", f"{proxy.host}/{pushed}:v1", f"oci:{dest}:v1",
+                                                       tmp=tmp_path, host=proxy.host), "pull")
+    verify_layout(dest, "v1", image.manifest.digest)
 
 
 # -- slower than the timeout (in process: the CLI's timeout is 60 s) --------------------------------

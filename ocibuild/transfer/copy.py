@@ -117,6 +117,81 @@ def _counted(stream: BinaryIO, desc: Descriptor, report: Callable[[int], None]) 
     return VerifyingReader(stream, desc, on_read=report)  # type: ignore[return-value]
 
 
+class _Reopening(io.RawIOBase):
+    """A source blob that a destination may rewind (``seek``): rewinding re-opens it from the source.
+
+    A registry destination resends a blob from its start when an upload session dies mid-way;
+    the stores' own streams verify as they go and cannot seek, so a seek back closes the current
+    one and opens the blob again (reading forward to the position), and every byte is still
+    verified by the source store. ``current`` is that verifying stream (an uploader that trusts it
+    need not hash again). Progress counts each byte once however often it is re-read.
+    """
+
+    def __init__(self, src: "Store", desc: Descriptor, report: Callable[[int], None]):
+        super().__init__()
+        self._src, self._desc, self._report = src, desc, report
+        self._stack = contextlib.ExitStack()
+        self._pos = self._high = 0
+        self.current: BinaryIO = self._open()
+
+    def _open(self) -> BinaryIO:
+        stream = self._stack.enter_context(self._src.open_blob(self._desc))
+        if verifier_of(stream, self._desc) is None:
+            stream = VerifyingReader(stream, self._desc)  # type: ignore[assignment]
+        return stream
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _advance(self, n: int) -> None:
+        self._pos += n
+        if self._pos > self._high:
+            self._report(self._pos - self._high)
+            self._high = self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self.current.read(size)
+        self._advance(len(data))
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self.current.readinto(buffer) or 0  # type: ignore[attr-defined]
+        self._advance(n)
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("a source blob seeks from its start only")
+        if offset < 0:
+            raise ValueError(f"negative seek position {offset}")
+        if offset < self._pos:
+            self._stack.close()
+            self._stack = contextlib.ExitStack()
+            self._pos = 0
+            self.current = self._open()
+        while self._pos < offset:
+            data = self.current.read(min(offset - self._pos, 1 << 20))
+            if not data:
+                break
+            self._advance(len(data))
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._stack.close()
+            finally:
+                super().close()
+
+
 class GraphCopier:
     """Copies manifests and their blobs from ``src`` to ``dst``. One instance per copy."""
 
@@ -186,8 +261,13 @@ class GraphCopier:
             sink.advance(desc, desc.size)
             how = "copied"
         else:
-            with self.src.open_blob(desc) as stream:
-                self.dst.put_blob(desc, _counted(stream, desc, lambda n: sink.advance(desc, n)))
+            report: Callable[[int], None] = lambda n: sink.advance(desc, n)  # noqa: E731
+            if getattr(self.dst, "resends_blobs", False):  # it may rewind: give it a stream that can
+                with contextlib.closing(_Reopening(self.src, desc, report)) as stream:
+                    self.dst.put_blob(desc, stream)  # type: ignore[arg-type]
+            else:
+                with self.src.open_blob(desc) as stream:
+                    self.dst.put_blob(desc, _counted(stream, desc, report))
             how = "copied"
         sink.done(desc, how)  # type: ignore[arg-type]
         return how

@@ -61,6 +61,22 @@ class _Adapter(requests.adapters.HTTPAdapter):
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
 
 
+class TransportError(RegistryError):
+    """The connection failed (refused, dropped mid-body, timed out): no usable HTTP answer came back."""
+
+
+def host_of(url: str) -> str:
+    """``hostname[:port]`` of ``url`` for messages and logs: never the ``user:password@`` of a netloc."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "an invalid URL"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host or "an invalid URL"
+
+
 def _sleep(seconds: float) -> None:
     """Indirection so tests can record waits instead of sleeping."""
     time.sleep(seconds)
@@ -212,7 +228,7 @@ class RegistryClient:
 
     def _check_cleartext(self, url: str) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "https" and not is_loopback_host(parts.netloc):
+        if parts.scheme != "https" and not is_loopback_host(host_of(url)):
             raise AuthError(
                 f"refusing to send credentials for {self.registry} over plain HTTP to {parts.hostname}; use TLS"
             )
@@ -315,17 +331,19 @@ class RegistryClient:
         params: Any = None,
         body: Body = None,
         stream: bool = False,
+        retry_transport: bool = True,
     ) -> requests.Response:
         """Send one API request, handling auth, retries and redirects. Returns the final response.
 
         Status codes are the caller's to judge, except that a request still unauthorized after a
-        fresh token comes back as its 401/403 response.
+        fresh token comes back as its 401/403 response. Connection errors raise ``TransportError``
+        (after the retries, or at once with ``retry_transport=False``).
         """
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
         scope_key = merge_scopes(scopes)
         retried_auth = False
         while True:
-            resp = self._send_following(method, url, scope_key, headers, params, body, stream)
+            resp = self._send_following(method, url, scope_key, headers, params, body, stream, retry_transport)
             if resp.status_code != 401 or retried_auth:
                 return resp
             challenge = pick_challenge(parse_www_authenticate(resp.headers.get("WWW-Authenticate", "")))
@@ -357,11 +375,15 @@ class RegistryClient:
         params: Any,
         body: Body,
         stream: bool,
+        retry_transport: bool = True,
     ) -> requests.Response:
         """One logical request: follows redirects by hand, dropping Authorization off the registry host."""
         for _ in range(MAX_REDIRECTS + 1):
             resp = self._with_retries(
-                lambda: self._send_once(method, url, scopes, headers, params, body, stream), method, url
+                lambda: self._send_once(method, url, scopes, headers, params, body, stream),
+                method,
+                url,
+                retry_transport,
             )
             if resp.status_code not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
                 return resp
@@ -399,8 +421,14 @@ class RegistryClient:
             verify=self._verify,
         )
 
-    def _with_retries(self, send: Callable[[], requests.Response], method: str, url: str) -> requests.Response:
-        """Retry connection errors, 429 and 5xx with bounded, jittered backoff (honours Retry-After)."""
+    def _with_retries(
+        self, send: Callable[[], requests.Response], method: str, url: str, retry_transport: bool = True
+    ) -> requests.Response:
+        """Retry connection errors, 429 and 5xx with bounded, jittered backoff (honours Retry-After).
+
+        ``retry_transport=False``: a connection error raises ``TransportError`` at once (an upload
+        session a dropped body may have spoiled is the caller's to replace, not to resend into).
+        """
         deadline = time.monotonic() + self.options.max_retry_time
         attempt = 0
         while True:
@@ -409,17 +437,17 @@ class RegistryClient:
             except requests.exceptions.SSLError as exc:
                 if _is_cert_error(exc):
                     raise RegistryError(
-                        f"TLS certificate of {urlsplit(url).netloc} is not trusted; pass its CA (--ca-cert)"
+                        f"TLS certificate of {host_of(url)} is not trusted; pass its CA (--ca-cert)"
                     ) from None
-                raise RegistryError(f"TLS error talking to {urlsplit(url).netloc}") from None
+                raise RegistryError(f"TLS error talking to {host_of(url)}") from None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-                if attempt >= self.options.retries or time.monotonic() >= deadline:
-                    raise RegistryError(
-                        f"cannot reach {urlsplit(url).netloc} ({type(exc).__name__}) after {attempt + 1} attempts"
+                if not retry_transport or attempt >= self.options.retries or time.monotonic() >= deadline:
+                    raise TransportError(
+                        f"cannot reach {host_of(url)} ({type(exc).__name__}) after {attempt + 1} attempts"
                     ) from None
                 delay = self._backoff(attempt)
             except requests.RequestException as exc:
-                raise RegistryError(f"request to {urlsplit(url).netloc} failed ({type(exc).__name__})") from None
+                raise RegistryError(f"request to {host_of(url)} failed ({type(exc).__name__})") from None
             else:
                 if resp.status_code not in RETRY_STATUSES or attempt >= self.options.retries:
                     return resp
@@ -429,7 +457,7 @@ class RegistryClient:
                 if time.monotonic() + delay >= deadline:
                     return resp
                 resp.close()
-                log.info("%s %s: HTTP %s, retrying in %.1fs", method, urlsplit(url).netloc, resp.status_code, delay)
+                log.info("%s %s: HTTP %s, retrying in %.1fs", method, host_of(url), resp.status_code, delay)
             attempt += 1
             _sleep(delay)
 

@@ -8,7 +8,7 @@ import io
 import logging
 import re
 import threading
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 from urllib.parse import urljoin
 
 import requests
@@ -22,8 +22,9 @@ from ocibuild.oci.manifest import MAX_MANIFEST_BYTES, Index, Manifest, load_json
 from ocibuild.oci.reference import Reference
 from ocibuild.store.base import Progress, VerifyingReader, digest_arg, verify_bytes
 from ocibuild.store.registry.auth import repository_scope
+from ocibuild.store.registry import client as client_module
 from ocibuild.store.registry.client import RegistryClient, RegistryOptions, error_message
-from ocibuild.store.registry.upload import BlobUpload
+from ocibuild.store.registry.upload import BlobUpload, SessionLost, stream_position
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ SMALL_BLOB = 1024 * 1024
 _READ_BUFFER = 64 * 1024
 _TAGS_PAGE = 1000
 _FALLBACK_BAD = re.compile(r"[^a-zA-Z0-9_.-]")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 def fallback_tag(digest: Digest) -> str:
@@ -43,6 +45,10 @@ def fallback_tag(digest: Digest) -> str:
 def _content_type(resp: requests.Response) -> str | None:
     value = resp.headers.get("Content-Type")
     return value.split(";", 1)[0].strip() if value else None
+
+
+def _encoded(resp: requests.Response) -> bool:
+    return resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
 
 
 def _read_capped(resp: requests.Response, what: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
@@ -57,6 +63,10 @@ def _read_capped(resp: requests.Response, what: str, limit: int = MAX_MANIFEST_B
             resp.close()
             raise ManifestError(f"{what} is over the {limit} byte limit")
     return bytes(out)
+
+
+class _ConnectionLost(RegistryError):
+    """The body of a response stopped before its end: a download that may be resumed."""
 
 
 class _BodyReader:
@@ -83,23 +93,112 @@ class _BodyReader:
         try:
             return self._resp.raw.read(None if n is None or n < 0 else n, decode_content=self._decode)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-            raise RegistryError(f"{self._what}: connection lost while reading ({type(exc).__name__})") from None
+            raise _ConnectionLost(f"{self._what}: connection lost while reading ({type(exc).__name__})") from None
 
     def _readinto_fp(self, buffer: memoryview) -> int:
         try:
             n = self._fp.readinto(buffer)
         except (http.client.HTTPException, OSError) as exc:
-            raise RegistryError(f"{self._what}: connection lost while reading ({type(exc).__name__})") from None
+            raise _ConnectionLost(f"{self._what}: connection lost while reading ({type(exc).__name__})") from None
         if not n and len(buffer) and self._fp.length:  # EOF before Content-Length: http.client won't say
-            raise RegistryError(f"{self._what}: connection lost while reading ({self._fp.length} bytes missing)")
+            raise _ConnectionLost(f"{self._what}: connection lost while reading ({self._fp.length} bytes missing)")
         return n
 
     def close(self) -> None:
         self._resp.close()
 
 
+class _ResumingBody:
+    """A blob body that survives dropped connections: it re-asks for the rest with ``Range``.
+
+    Sits under the ``VerifyingReader``, so the hash simply continues over the resumed bytes and
+    nothing is trusted until the whole blob verified. ``reopen(offset)`` returns the next body
+    positioned at ``offset`` (a 206 from there, or a 200 with the first ``offset`` bytes skipped).
+    Only identity bodies resume: offsets into a decoded body mean nothing on the wire.
+    """
+
+    def __init__(
+        self, body: _BodyReader, reopen: Callable[[int], _BodyReader], resumable: bool, what: str, max_resumes: int
+    ):
+        self._body = body
+        self._reopen = reopen
+        self._resumable = resumable
+        self._what = what
+        self._max_resumes = max_resumes
+        self.offset = 0
+        self.resumes = 0
+
+    def _resume(self, lost: _ConnectionLost) -> None:
+        """Replace the dropped body by one continuing at ``offset``, within the resume budget."""
+        self._body.close()
+        while True:
+            if not self._resumable or self.resumes >= self._max_resumes:
+                if self.resumes:
+                    raise RegistryError(f"{lost} (gave up after {self.resumes} resumed downloads)") from None
+                raise lost
+            self.resumes += 1
+            log.info("%s: connection lost at byte %d, resuming (%d/%d)",
+                     self._what, self.offset, self.resumes, self._max_resumes)
+            try:
+                self._body = self._reopen(self.offset)
+                return
+            except _ConnectionLost as again:  # dropped again while skipping to the offset
+                lost = again
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            try:
+                data = self._body.read(n)
+            except _ConnectionLost as lost:
+                self._resume(lost)
+                continue
+            self.offset += len(data)
+            return data
+
+    def readinto(self, buffer: memoryview) -> int:
+        while True:
+            try:
+                readinto = getattr(self._body, "readinto", None)
+                if readinto is not None:
+                    n = readinto(buffer) or 0
+                else:
+                    data = self._body.read(len(buffer))
+                    n = len(data)
+                    buffer[:n] = data
+            except _ConnectionLost as lost:
+                self._resume(lost)
+                continue
+            self.offset += n
+            return n
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class _HighWater:
+    """Progress that counts each byte of a blob once, however many times it is resent."""
+
+    def __init__(self, progress: Progress):
+        self._progress = progress
+        self._sent = 0
+        self._reported = 0
+
+    def rewind(self) -> None:
+        self._sent = 0
+
+    def __call__(self, n: int) -> None:
+        self._sent += n
+        if self._sent > self._reported:
+            self._progress(self._sent - self._reported)
+            self._reported = self._sent
+
+
 class RegistryStore:
     """One repository of a registry. Every read is verified; every write is checked."""
+
+    resends_blobs = True
+    """``put_blob`` may rewind its stream (a new upload session after a dropped one): give it a
+    seekable stream when you can (``transfer.copy`` gives a re-opening one)."""
 
     def __init__(self, ref: Reference, options: RegistryOptions | None = None, client: RegistryClient | None = None):
         self._ref = ref
@@ -293,6 +392,8 @@ class RegistryStore:
 
     @contextlib.contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[BinaryIO]:
+        """The blob, verified as it is read; a connection dropped mid-body is resumed (``Range``)."""
+        what = f"{self.name}: blob {desc.digest.short()}"
         resp = self._client.request(
             "GET",
             self._blob_url(desc.digest),
@@ -303,25 +404,87 @@ class RegistryStore:
         if resp.status_code != 200:
             raise self._fail(resp, f"blob {desc.digest.short()}")
         length = resp.headers.get("Content-Length")
-        encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+        encoded = _encoded(resp)
         if not encoded and length and length.isdigit() and int(length) != desc.size:
             resp.close()
             raise DigestMismatch(f"{self.name}: blob {desc.digest} is {length} bytes, expected {desc.size}")
-        raw = _BodyReader(resp, f"{self.name}: blob {desc.digest.short()}", encoded)
-        reader = io.BufferedReader(VerifyingReader(raw, desc, on_close=resp.close), buffer_size=_READ_BUFFER)  # type: ignore[arg-type]
+        raw = _ResumingBody(
+            _BodyReader(resp, what, encoded), lambda offset: self._resume_blob(desc, offset), not encoded, what,
+            self._client.options.retries,
+        )
+        reader = io.BufferedReader(VerifyingReader(raw, desc), buffer_size=_READ_BUFFER)  # type: ignore[arg-type]
         try:
             yield reader  # type: ignore[misc]
         finally:
             reader.close()
+
+    def _resume_blob(self, desc: Descriptor, offset: int) -> _BodyReader:
+        """The rest of a blob from ``offset``: a 206 that starts there, or a 200 read past ``offset``."""
+        what = f"{self.name}: blob {desc.digest.short()}"
+        resp = self._client.request(
+            "GET",
+            self._blob_url(desc.digest),
+            scopes=self._pull,
+            headers={"Accept-Encoding": "identity", "Range": f"bytes={offset}-"},
+            stream=True,
+        )
+        if resp.status_code not in (200, 206):
+            raise self._fail(resp, f"resume blob {desc.digest.short()} at byte {offset}")
+        if _encoded(resp):
+            resp.close()
+            raise RegistryError(f"{what}: the resumed download came back encoded; cannot continue at byte {offset}")
+        body = _BodyReader(resp, what, False)
+        if resp.status_code == 206:
+            match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
+            if match is None or int(match.group(1)) != offset:
+                resp.close()
+                raise RegistryError(f"{what}: resumed download does not start at byte {offset}")
+            return body
+        left = offset  # a 200: the registry ignored Range; skip what the hash already saw
+        try:
+            while left > 0:
+                data = body.read(min(left, 1 << 20))
+                if not data:
+                    raise _ConnectionLost(f"{what}: resumed download ended before byte {offset}")
+                left -= len(data)
+        except BaseException:
+            resp.close()
+            raise
+        return body
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO, progress: Progress | None = None) -> None:
         if desc.digest in self._absent:
             self._absent.discard(desc.digest)
         elif self.has_blob(desc):
             return
-        upload = BlobUpload(self._client, self.repository, desc, self._push)
-        upload.start()
-        self._send(upload, stream, progress)
+        start = stream_position(stream)
+        report = _HighWater(progress) if progress is not None else None
+        sessions = 0
+        while True:
+            upload = BlobUpload(self._client, self.repository, desc, self._push)
+            upload.start()
+            try:
+                self._send(upload, stream, report)
+                return
+            except SessionLost as lost:
+                # the session is spoiled (a body dropped mid-way, or the registry forgot it):
+                # resending into it only earns 404 BLOB_UPLOAD_INVALID; start over in a new one
+                upload.cancel()
+                sessions += 1
+                if sessions > self._client.options.retries:
+                    raise RegistryError(f"{lost} (gave up after {sessions} upload sessions)", lost.status, lost.code) from None
+                if self.has_blob(desc):  # the commit went through; only its answer was lost
+                    return
+                if start is None:
+                    raise RegistryError(
+                        f"{lost}; the blob must be sent again, but its source stream cannot be rewound"
+                    ) from None
+                log.info("%s: %s; resending in a new upload session (%d/%d)",
+                         self.name, lost, sessions, self._client.options.retries)
+                client_module._sleep(self._client._backoff(sessions - 1))
+                stream.seek(start)
+                if report is not None:
+                    report.rewind()
 
     def _send(self, upload: BlobUpload, stream: BinaryIO, progress: Progress | None) -> None:
         desc = upload.desc
@@ -332,6 +495,8 @@ class RegistryStore:
                 upload.send_chunked(stream, self._client.options.chunk_size, progress)
             else:
                 upload.send_stream(stream, progress)
+        except SessionLost:
+            raise  # the caller cancels it and decides whether to start over
         except BaseException:
             upload.cancel()
             raise

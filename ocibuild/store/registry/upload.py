@@ -17,12 +17,19 @@ import requests
 from ocibuild.errors import AuthError, DigestMismatch, NotFound, RegistryError
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.store.base import VerifyingReader, verifier_of
-from ocibuild.store.registry.client import RegistryClient, error_message
+from ocibuild.store.registry.client import RegistryClient, TransportError, error_message
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 _READ = 1 << 20
+# Error codes by which a registry says an upload session is gone (or spoiled by a dropped body).
+_DEAD_SESSION_CODES = frozenset({"BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"})
+
+
+class SessionLost(RegistryError):
+    """This upload session cannot go on (connection dropped mid-body, session unknown or invalid,
+    offsets unrecoverable): the blob must be sent again, from its start, in a new session."""
 
 
 class _Trusted:
@@ -32,8 +39,9 @@ class _Trusted:
     once the source's ``VerifyingReader`` has seen all of it and found it right.
     """
 
-    def __init__(self, verifier: VerifyingReader):
-        self._verifier = verifier
+    def __init__(self, stream: BinaryIO, desc: Descriptor):
+        self._stream = stream
+        self._desc = desc
 
     def update(self, data: bytes) -> None:
         pass
@@ -42,12 +50,19 @@ class _Trusted:
         return self
 
     def hexdigest(self) -> str:
-        return self._verifier.desc.digest.encoded if self._verifier.verified else ""
+        verifier = _verifier(self._stream, self._desc)  # a re-opened source has a new verifier
+        return verifier.desc.digest.encoded if verifier is not None and verifier.verified else ""
+
+
+def _verifier(stream: BinaryIO, desc: Descriptor) -> VerifyingReader | None:
+    """The verifier of ``stream``, looking through a re-openable source (``stream.current``)."""
+    return verifier_of(getattr(stream, "current", stream), desc)
 
 
 def _new_hasher(stream: BinaryIO, desc: Descriptor):
-    verifier = verifier_of(stream, desc)
-    return _Trusted(verifier) if verifier is not None else hashlib.new(desc.digest.algorithm)
+    if _verifier(stream, desc) is not None:
+        return _Trusted(stream, desc)
+    return hashlib.new(desc.digest.algorithm)
 
 
 class _SendReader:
@@ -137,16 +152,26 @@ class BlobUpload:
         sep = "&" if "?" in self.location else "?"
         return self.location + sep + "&".join(f"{k}={quote(v, safe=':')}" for k, v in query.items())
 
+    def _session_request(self, method: str, url: str, headers: dict[str, str], body=None, retry: bool = False):
+        """A request into the session. A dropped connection is not resent into it (``retry``
+        False): the registry may hold part of the body, so the session is ``SessionLost``."""
+        try:
+            return self.client.request(
+                method, url, scopes=self.scopes, headers=headers, body=body, retry_transport=retry
+            )
+        except TransportError as exc:
+            raise SessionLost(f"{self._where}: upload of {self.desc.digest.short()} interrupted: {exc}") from None
+
     def commit(self) -> None:
         """The final, empty ``PUT ?digest=``: only called after the bytes were verified."""
-        resp = self.client.request(
+        resp = self._session_request(
             "PUT",
             self._with_query(digest=str(self.desc.digest)),
-            scopes=self.scopes,
-            headers={"Content-Length": "0", "Content-Type": "application/octet-stream"},
+            {"Content-Length": "0", "Content-Type": "application/octet-stream"},
+            retry=True,
         )
         if resp.status_code not in (201, 204):
-            raise _error(resp, f"{self._where}: blob {self.desc.digest.short()} was refused")
+            raise _session_error(resp, f"{self._where}: blob {self.desc.digest.short()} was refused")
         got = resp.headers.get("Docker-Content-Digest")
         if got and got != str(self.desc.digest):
             raise DigestMismatch(f"{self._where}: registry stored blob as {got}, expected {self.desc.digest}")
@@ -163,15 +188,14 @@ class BlobUpload:
             chunks.append(piece)
         self._verify(hasher, stream)
         payload = b"".join(chunks)
-        resp = self.client.request(
+        resp = self._session_request(
             "PUT",
             self._with_query(digest=str(self.desc.digest)),
-            scopes=self.scopes,
-            headers={"Content-Type": "application/octet-stream"},
-            body=payload,
+            {"Content-Type": "application/octet-stream"},
+            payload,
         )
         if resp.status_code not in (201, 204):
-            raise _error(resp, f"{self._where}: blob {self.desc.digest.short()} was refused")
+            raise _session_error(resp, f"{self._where}: blob {self.desc.digest.short()} was refused")
         got = resp.headers.get("Docker-Content-Digest")
         if got and got != str(self.desc.digest):
             raise DigestMismatch(f"{self._where}: registry stored blob as {got}, expected {self.desc.digest}")
@@ -196,15 +220,9 @@ class BlobUpload:
             return _SendReader(stream, self.desc.size, hasher, progress)
 
         assert self.location is not None
-        resp = self.client.request(
-            "PATCH",
-            self.location,
-            scopes=self.scopes,
-            headers={"Content-Type": "application/octet-stream"},
-            body=body,
-        )
+        resp = self._session_request("PATCH", self.location, {"Content-Type": "application/octet-stream"}, body)
         if resp.status_code != 202:
-            raise _error(resp, f"{self._where}: blob upload failed")
+            raise _session_error(resp, f"{self._where}: blob upload failed")
         self._set_location(resp)
         self._verify(hasher, stream)
         self.commit()
@@ -235,27 +253,26 @@ class BlobUpload:
                 reader_box.append(reader)
                 return reader
 
-            resp = self.client.request(
+            resp = self._session_request(
                 "PATCH",
                 self.location,
-                scopes=self.scopes,
-                headers={
+                {
                     "Content-Type": "application/octet-stream",
                     "Content-Range": f"{offset}-{end - 1}",
                     "Content-Length": str(end - offset),
                 },
-                body=body,
+                body,
             )
             if resp.status_code == 416:
                 recoveries += 1
                 if recoveries > 3:
-                    raise _error(resp, f"{self._where}: registry keeps refusing chunk offsets")
+                    raise _session_error(resp, f"{self._where}: registry keeps refusing chunk offsets")
                 resp.close()
                 offset = self._recover(end)
                 hasher = self._rehash_to(offset, base, stream, checkpoints)
                 continue
             if resp.status_code not in (202, 204):
-                raise _error(resp, f"{self._where}: chunk {offset}-{end - 1} refused")
+                raise _session_error(resp, f"{self._where}: chunk {offset}-{end - 1} refused")
             self._set_location(resp)
             offset = end
             checkpoints[offset] = hasher.copy()
@@ -265,9 +282,9 @@ class BlobUpload:
     def _recover(self, sent_end: int) -> int:
         """``GET <location>`` -> 204 with ``Range: 0-N``: the offset to resume from."""
         assert self.location is not None
-        resp = self.client.request("GET", self.location, scopes=self.scopes)
+        resp = self._session_request("GET", self.location, {}, retry=True)
         if resp.status_code not in (204, 200):
-            raise _error(resp, f"{self._where}: cannot query upload status after a 416")
+            raise _session_error(resp, f"{self._where}: cannot query upload status after a 416")
         if resp.headers.get("Location"):
             self._set_location(resp)
         rng = resp.headers.get("Range", "")
@@ -276,7 +293,7 @@ class BlobUpload:
         except ValueError:
             raise RegistryError(f"{self._where}: unparsable upload Range {rng!r}") from None
         if resume < 0 or resume > sent_end:
-            raise RegistryError(f"{self._where}: registry reports {resume} bytes received, but {sent_end} were sent")
+            raise SessionLost(f"{self._where}: registry reports {resume} bytes received, but {sent_end} were sent")
         return resume
 
     def _rehash_to(self, offset: int, base: int, stream: BinaryIO, checkpoints: dict[int, object]):
@@ -307,6 +324,11 @@ class BlobUpload:
             )
 
 
+def stream_position(stream: BinaryIO) -> int | None:
+    """Where ``stream`` is now, or None when it cannot be rewound to there."""
+    return _tell(stream)
+
+
 def _tell(stream: BinaryIO) -> int | None:
     try:
         return stream.tell() if stream.seekable() else None
@@ -322,6 +344,16 @@ def _rewind(stream: BinaryIO, position: int | None, where: str) -> None:
     if position is None:
         raise RegistryError(f"{where}: upload must be resent but the source stream cannot be rewound")
     stream.seek(position)
+
+
+def _session_error(resp: requests.Response, prefix: str) -> Exception:
+    """``SessionLost`` when the answer says the session is gone or its offsets cannot be agreed."""
+    if resp.status_code in (404, 416) or (400 <= resp.status_code < 500 and resp.status_code not in (401, 403)
+                                          and error_message(resp)[1] in _DEAD_SESSION_CODES):
+        text, code = error_message(resp)
+        resp.close()
+        return SessionLost(f"{prefix}: {text}", resp.status_code, code)
+    return _error(resp, prefix)
 
 
 def _error(resp: requests.Response, prefix: str) -> Exception:
