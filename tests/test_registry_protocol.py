@@ -10,6 +10,7 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 import responses
 
 from ocibuild.errors import AuthError, DigestMismatch, ManifestError, RegistryError
@@ -573,3 +574,58 @@ def test_loopback_scheme_is_asked_in_plain_http_first(rsps, plain, expected, tls
     urls = [c.request.url for c in rsps.calls]
     assert urls.count("http://127.0.0.1:5999/v2/") == 1
     assert urls.count("https://127.0.0.1:5999/v2/") == (1 if tls_asked else 0)
+
+
+# -- userinfo in a redirect never reaches a message or a log line ------------------------------------
+SENTINEL_USER, SENTINEL_PW = "leakuser7f3a", "leakpw9c1e"
+
+
+@pytest.mark.parametrize(
+    "cdn",
+    [
+        None,  # unreachable: "cannot reach" after the retries
+        (503, None),  # a 503 storm: "retrying" log lines, then the store's error
+        (0, requests.exceptions.SSLError("certificate verify failed")),
+        (0, requests.exceptions.SSLError("bad record mac")),  # a TLS error that is not about the certificate
+    ],
+    ids=["unreachable", "503", "tls-cert", "tls-other"],
+)
+def test_redirect_userinfo_never_in_errors_or_logs(rsps, sleeps, caplog, cdn):
+    data = os.urandom(100)
+    desc = blob(data)
+    rsps.add(responses.GET, f"{BASE}/v2/dst/blobs/{desc.digest}", status=307,
+             headers={"Location": f"https://{SENTINEL_USER}:{SENTINEL_PW}@cdn.test:8443/blobs/x?sig=1"})
+    cdn_url = re.compile(r"https://.*cdn\.test.*")
+    if cdn is not None:
+        status, exc = cdn
+        if exc is not None:
+            rsps.add(responses.GET, cdn_url, body=exc)
+        else:
+            rsps.add(responses.GET, cdn_url, status=status, headers={"Retry-After": "0"})
+    caplog.set_level("DEBUG")
+    with pytest.raises(RegistryError) as info:
+        with make_store(retries=2).open_blob(desc) as stream:
+            stream.read()
+    text = str(info.value)
+    assert "\n" not in text
+    seen = text + "\n" + caplog.text + "\n" + "\n".join(str(r.args) for r in caplog.records)
+    for secret in (SENTINEL_USER, SENTINEL_PW):
+        assert secret not in seen
+    assert "@" not in text
+    if cdn is None or cdn[1] is not None:
+        assert "cdn.test:8443" in text  # the host is still named, with its port
+    else:
+        assert "cdn.test:8443" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://u:p@cdn.test:8443/x", "cdn.test:8443"),
+        ("https://u@cdn.test/x", "cdn.test"),
+        ("http://u:p@[::1]:5000/x", "[::1]:5000"),
+        ("https://u:p@CDN.test/x", "cdn.test"),
+    ],
+)
+def test_host_of_drops_userinfo(url, expected):
+    assert client_mod.host_of(url) == expected
