@@ -1,11 +1,26 @@
-"""The pure OCI model: digests, media types, descriptors, manifests, references. No I/O here."""
+"""The pure OCI model: digests, media types, descriptors, manifests, references. No I/O here.
 
-from ocibuild.oci.descriptor import EMPTY_DESCRIPTOR, Descriptor, Platform
-from ocibuild.oci.digest import Digest, Hasher
-from ocibuild.oci.manifest import ImageConfig, Index, Manifest, canonical_json, parse_manifest
-from ocibuild.oci.reference import LayoutReference, Reference, parse_reference
+The names below are re-exported lazily: importing one submodule (``ocibuild.oci.digest``) does not
+load the others, which keeps command start-up short.
+"""
 
-__all__ = [
-    "Descriptor", "Digest", "EMPTY_DESCRIPTOR", "Hasher", "ImageConfig", "Index", "LayoutReference",
-    "Manifest", "Platform", "Reference", "canonical_json", "parse_manifest", "parse_reference",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Descriptor": "descriptor", "EMPTY_DESCRIPTOR": "descriptor", "Platform": "descriptor",
+    "Digest": "digest", "Hasher": "digest",
+    "ImageConfig": "manifest", "Index": "manifest", "Manifest": "manifest", "canonical_json": "manifest",
+    "parse_manifest": "manifest",
+    "LayoutReference": "reference", "Reference": "reference", "parse_reference": "reference",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ocibuild.oci' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ocibuild.oci.{module}"), name)
