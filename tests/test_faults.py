@@ -122,8 +122,9 @@ def within_budget(case: str) -> bool:
     return not case.endswith("beyond-retries")
 
 
-def fail_cleanly_then_retry(proc: subprocess.CompletedProcess[str], retry: Callable[[], subprocess.CompletedProcess[str]],
-                            what: str) -> None:
+def fail_cleanly_then_retry(proc: subprocess.CompletedProcess[str],
+                            retry: Callable[[], subprocess.CompletedProcess[str]], what: str) -> None:
+    """Beyond the budget: one error line; then the same copy without faults completes."""
     one_line_error(proc)
     OUTCOMES[f"{what} failed cleanly"] += 1
     again = retry()

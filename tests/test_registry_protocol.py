@@ -629,3 +629,33 @@ def test_redirect_userinfo_never_in_errors_or_logs(rsps, sleeps, caplog, cdn):
 )
 def test_host_of_drops_userinfo(url, expected):
     assert client_mod.host_of(url) == expected
+
+
+@pytest.mark.parametrize("size", [1000, 3 * 1024 * 1024])
+def test_dead_upload_session_is_replaced(rsps, sleeps, size):
+    """404 BLOB_UPLOAD_INVALID on the session: cancel it, open a new one, resend from the start."""
+    uploads = FakeUploads(rsps)
+    method = "put" if size < 1024 * 1024 else "patch"
+    original = getattr(uploads, method)
+
+    def dead_first(request):
+        if FakeUploads._sid(request) == "u1":
+            return 404, {}, json.dumps({"errors": [{"code": "BLOB_UPLOAD_INVALID", "message": "blob upload invalid"}]})
+        return original(request)
+
+    setattr(uploads, method, dead_first)
+    data = os.urandom(size)
+    progress: list[int] = []
+    make_store().put_blob(blob(data), io.BytesIO(data), progress.append)
+    assert uploads.committed == {str(blob(data).digest): data}
+    assert uploads.deleted == ["u1"] and uploads.n == 2
+    assert sum(progress) == size
+
+
+def test_dead_upload_sessions_are_bounded(rsps, sleeps):
+    uploads = FakeUploads(rsps)
+    uploads.patch = lambda request: (404, {}, "")  # type: ignore[method-assign]
+    data = os.urandom(2 * 1024 * 1024)
+    with pytest.raises(RegistryError, match="gave up after 3 upload sessions"):
+        make_store(retries=2).put_blob(blob(data), io.BytesIO(data))
+    assert uploads.committed == {} and uploads.deleted == ["u1", "u2", "u3"]

@@ -453,6 +453,11 @@ class RegistryStore:
         return body
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO, progress: Progress | None = None) -> None:
+        """Upload ``desc`` from ``stream``; commit only what hashed right.
+
+        A session spoiled mid-way (``SessionLost``) is cancelled and the blob is resent from the
+        rewound stream in a new session, at most ``options.retries`` times.
+        """
         if desc.digest in self._absent:
             self._absent.discard(desc.digest)
         elif self.has_blob(desc):
@@ -472,7 +477,8 @@ class RegistryStore:
                 upload.cancel()
                 sessions += 1
                 if sessions > self._client.options.retries:
-                    raise RegistryError(f"{lost} (gave up after {sessions} upload sessions)", lost.status, lost.code) from None
+                    message = f"{lost} (gave up after {sessions} upload sessions)"
+                    raise RegistryError(message, lost.status, lost.code) from None
                 if self.has_blob(desc):  # the commit went through; only its answer was lost
                     return
                 if start is None:
@@ -482,7 +488,10 @@ class RegistryStore:
                 log.info("%s: %s; resending in a new upload session (%d/%d)",
                          self.name, lost, sessions, self._client.options.retries)
                 client_module._sleep(self._client._backoff(sessions - 1))
-                stream.seek(start)
+                try:
+                    stream.seek(start)
+                except (OSError, ValueError) as exc:
+                    raise RegistryError(f"{lost}; rewinding the source stream failed ({type(exc).__name__})") from None
                 if report is not None:
                     report.rewind()
 
