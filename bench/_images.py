@@ -6,7 +6,6 @@ also carries a small file naming it, so no two layers share a digest.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -78,11 +77,9 @@ def write_builder(layout: Path, total: int, randoms: RandomFiles, tag: str = "bu
 
     if TESTS_DIR not in sys.path:
         sys.path.insert(0, TESTS_DIR)
-    from support.builder_images import BASE_BP_LAYER, BASE_METADATA
+    from support.builder_images import BASE_BP_LAYER, write_builder_manifest
 
     from ocibuild.layer import write_layer
-    from ocibuild.oci import ImageConfig, Manifest
-    from ocibuild.store.base import put_bytes
     from ocibuild.store.layout import LayoutStore
 
     store = LayoutStore(layout, create=True)
@@ -103,20 +100,5 @@ def write_builder(layout: Path, total: int, randoms: RandomFiles, tag: str = "bu
         results.append(incompressible_layer(store, randoms.get(size), size, f"{layout.name}-{i}"))
         left -= size
         i += 1
-    layers_label = {"example/base": {"1.0.0": {"api": "0.10", "layerDiffID": str(bp.diff_id)}}}
-    labels = {
-        "io.buildpacks.builder.metadata": json.dumps(BASE_METADATA),
-        "io.buildpacks.buildpack.layers": json.dumps(layers_label),
-        "io.buildpacks.buildpack.order": json.dumps([{"group": [{"id": "example/base", "version": "1.0.0"}]}]),
-        "io.buildpacks.stack.id": "io.buildpacks.stacks.jammy",
-    }
-    config = ImageConfig.build({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/bin:/bin", "CNB_USER_ID=1000", "CNB_GROUP_ID=1001"],
-                   "User": "1000:1001", "WorkingDir": "/", "Labels": labels},
-        "rootfs": {"type": "layers", "diff_ids": [str(r.diff_id) for r in results]},
-    })
-    put_bytes(store, config.descriptor(), config.raw)
-    manifest = Manifest.build(config.descriptor(), [r.descriptor for r in results])
-    store.put_manifest(manifest.descriptor(), manifest.raw, tag=tag)
-    return manifest.size + config.descriptor().size + sum(r.descriptor.size for r in results)
+    manifest = write_builder_manifest(store, results, str(bp.diff_id), tag)
+    return manifest.size + manifest.config.size + sum(r.descriptor.size for r in results)

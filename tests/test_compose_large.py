@@ -10,7 +10,6 @@ registry's access log must show no request for any layer's bytes. The same holds
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,14 +21,13 @@ from ocibuild.cnb.builder import open_builder
 from ocibuild.cnb.compose import compose_builder
 from ocibuild.layer import TarEntry, write_layer
 from ocibuild.ledger.scratch import Scratch
-from ocibuild.oci import ImageConfig, Manifest
-from ocibuild.store.base import put_bytes
+from ocibuild.oci import Manifest
 from ocibuild.store.layout import LayoutStore
 from ocibuild.store.open import open_reference
 from ocibuild.store.registry.client import RegistryOptions
 from ocibuild.transfer.copy import copy_image
 
-from support.builder_images import BASE_BP_LAYER, BASE_METADATA, BUILDPACKS
+from support.builder_images import BASE_BP_LAYER, BUILDPACKS, write_builder_manifest
 from support.images import layer_entries, write_busybox_image
 from support.registry import RegistryServer
 
@@ -58,22 +56,7 @@ def large_builder(registry: RegistryServer, tmp_path_factory: pytest.TempPathFac
     for r in results:
         store.put_blob_file(r.descriptor, r.path)
     random_file.unlink()
-    labels = {
-        "io.buildpacks.builder.metadata": json.dumps(BASE_METADATA),
-        "io.buildpacks.buildpack.layers": json.dumps(
-            {"example/base": {"1.0.0": {"api": "0.10", "layerDiffID": str(results[0].diff_id)}}}),
-        "io.buildpacks.buildpack.order": json.dumps([{"group": [{"id": "example/base", "version": "1.0.0"}]}]),
-        "io.buildpacks.stack.id": "io.buildpacks.stacks.jammy",
-    }
-    config = ImageConfig.build({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/bin:/bin", "CNB_USER_ID=1000", "CNB_GROUP_ID=1001"],
-                   "User": "1000:1001", "WorkingDir": "/", "Labels": labels},
-        "rootfs": {"type": "layers", "diff_ids": [str(r.diff_id) for r in results]},
-    })
-    put_bytes(store, config.descriptor(), config.raw)
-    manifest = Manifest.build(config.descriptor(), [r.descriptor for r in results])
-    store.put_manifest(manifest.descriptor(), manifest.raw, tag="builder")
+    manifest = write_builder_manifest(store, results, str(results[0].diff_id), "builder")
     assert sum(layer.size for layer in manifest.layers) > 200 * 1000 * 1000
 
     ref = registry.ref("test/large-builder", "v1")

@@ -84,3 +84,28 @@ def write_base_builder(
         labels=labels,
         architecture=architecture,
     )
+
+
+def write_builder_manifest(store, layers, buildpack_diff_id: str, tag: str):  # noqa: ANN001, ANN201
+    """Tag a pack-style builder (labels, CNB env) over already-stored ``layers`` (``LayerResult``s):
+    one buildpack ``example/base@1.0.0`` whose layer has ``buildpack_diff_id``. Returns the manifest."""
+    from ocibuild.oci.manifest import ImageConfig, Manifest
+    from ocibuild.store.base import put_bytes
+
+    labels = {
+        "io.buildpacks.builder.metadata": json.dumps(BASE_METADATA),
+        "io.buildpacks.buildpack.layers": json.dumps(
+            {"example/base": {"1.0.0": {"api": "0.10", "layerDiffID": buildpack_diff_id}}}),
+        "io.buildpacks.buildpack.order": json.dumps([{"group": [{"id": "example/base", "version": "1.0.0"}]}]),
+        "io.buildpacks.stack.id": "io.buildpacks.stacks.jammy",
+    }
+    config = ImageConfig.build({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/bin:/bin", "CNB_USER_ID=1000", "CNB_GROUP_ID=1001"],
+                   "User": "1000:1001", "WorkingDir": "/", "Labels": labels},
+        "rootfs": {"type": "layers", "diff_ids": [str(r.diff_id) for r in layers]},
+    })
+    put_bytes(store, config.descriptor(), config.raw)
+    manifest = Manifest.build(config.descriptor(), [r.descriptor for r in layers])
+    store.put_manifest(manifest.descriptor(), manifest.raw, tag=tag)
+    return manifest
