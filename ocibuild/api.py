@@ -251,6 +251,18 @@ def _destination(dst: str, registry: str | None) -> tuple[str | None, Any]:
     return ref.tag or "latest", ref
 
 
+@contextlib.contextmanager
+def _source_and_destination(
+    src: str, dst: str, registry: str | None, options: Any
+) -> Iterator[tuple[Store, str, Store, str | None]]:
+    """The image ``src`` names (identifier required) and the store and tag ``dst`` names, for writing."""
+    tag, _ = _destination(dst, registry)
+    with open_image(src, registry=registry, options=options) as (src_store, src_id):
+        src_id = _require_identifier(src_store, src_id, src)
+        with open_image(dst, registry=registry, options=options, for_write=True) as (dst_store, _):
+            yield src_store, src_id, dst_store, tag
+
+
 def append(
     base: str,
     layers: list[str],
@@ -263,11 +275,8 @@ def append(
     """A new image ``dst``: ``base`` plus one reproducible gzip layer per directory or tarball in ``layers``."""
     from ocibuild.mutate import append_layers
 
-    tag, _ = _destination(dst, registry)
-    with open_image(base, registry=registry, options=options) as (src_store, base_id):
-        base_id = _require_identifier(src_store, base_id, base)
-        with open_image(dst, registry=registry, options=options, for_write=True) as (dst_store, _):
-            return append_layers(src_store, base_id, layers, dst_store, tag, platform=platform)
+    with _source_and_destination(base, dst, registry, options) as (src_store, base_id, dst_store, tag):
+        return append_layers(src_store, base_id, layers, dst_store, tag, platform=platform)
 
 
 def mutate(
@@ -288,14 +297,11 @@ def mutate(
     """A new image ``dst`` with config edits (``None``: leave the field alone)."""
     from ocibuild.mutate import mutate_image
 
-    tag, _ = _destination(dst, registry)
-    with open_image(ref, registry=registry, options=options) as (src_store, src_id):
-        src_id = _require_identifier(src_store, src_id, ref)
-        with open_image(dst, registry=registry, options=options, for_write=True) as (dst_store, _):
-            return mutate_image(
-                src_store, src_id, env=env, entrypoint=entrypoint, cmd=cmd, labels=labels, user=user,
-                workdir=workdir, annotations=annotations, dst_store=dst_store, dst_tag=tag, platform=platform,
-            )
+    with _source_and_destination(ref, dst, registry, options) as (src_store, src_id, dst_store, tag):
+        return mutate_image(
+            src_store, src_id, env=env, entrypoint=entrypoint, cmd=cmd, labels=labels, user=user,
+            workdir=workdir, annotations=annotations, dst_store=dst_store, dst_tag=tag, platform=platform,
+        )
 
 
 def unpack(
