@@ -112,8 +112,9 @@ PUSH_FAULTS = {
     "mixed": [Fault("status", status=503), Fault("drop", after=150_000, direction="up"), Fault("status", status=429)],
     "storm-beyond-retries": [Fault("status", status=503, retry_after="0")] * 40,
 }
-# Cases whose first fault must really have landed (a drop whose byte count was never crossed
-# would make the case vacuous).
+# Cases whose faults must all really have been taken (a drop whose byte count was never crossed
+# would make the case vacuous). The queue empties synchronously when a drop fires; the proxy's log
+# is written when the connection's thread ends, possibly after the client exited.
 MUST_INJECT = ("drop-up-early", "drop-up-mid-blob", "drop-up-late", "drop-down-early", "drop-down-mid-blob",
                "drop-down-late")
 
@@ -138,7 +139,7 @@ def test_push_through_faults(tmp_path: Path, registry: RegistryServer, proxy: Fa
     proxy.inject(*PUSH_FAULTS[case])
     proc = ocibuild("copy", image.ref, f"{proxy.host}/{fresh_repo}:v1", tmp=tmp_path, host=proxy.host)
     if case in MUST_INJECT:
-        assert proxy.injected(), f"{case}: the fault never fired"
+        assert not proxy.faults, f"{case}: faults never fired: {list(proxy.faults)}"
     if within_budget(case):
         assert proc.returncode == 0, f"{case}: push within the retry budget failed: {proc.stderr}"
         OUTCOMES["push completed"] += 1
@@ -179,7 +180,7 @@ def test_pull_through_faults(tmp_path: Path, proxy: FaultProxy, image: ImageInfo
     dest = tmp_path / "dest"
     proc = ocibuild("copy", f"{proxy.host}/{pushed}:v1", f"oci:{dest}:v1", tmp=tmp_path, host=proxy.host)
     if case in MUST_INJECT:
-        assert proxy.injected(), f"{case}: the fault never fired"
+        assert not proxy.faults, f"{case}: faults never fired: {list(proxy.faults)}"
     if within_budget(case):
         assert proc.returncode == 0, f"{case}: pull within the retry budget failed: {proc.stderr}"
         OUTCOMES["pull completed"] += 1

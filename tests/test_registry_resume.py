@@ -81,7 +81,7 @@ def test_push_dropped_mid_body_starts_a_new_session(registry: RegistryServer, pr
     mark = registry.log_mark()
     progress: list[int] = []
     store(proxy.host, fresh_repo, **opts).put_blob(desc, io.BytesIO(data), progress.append)
-    assert proxy.injected() == [f"drop-up@{size // 2}"]
+    assert not proxy.faults  # the drop fired (taken off the queue as it crossed its byte count)
     assert stored_digest(registry, fresh_repo, desc) == str(desc.digest)
     assert sum(progress) == size  # resent bytes are not counted twice
     access = registry.access_since(mark)
@@ -132,7 +132,7 @@ def test_pull_dropped_mid_blob_resumes_with_range(registry: RegistryServer, prox
     with store(proxy.host, repo).open_blob(desc) as stream:
         got = stream.read()
     assert got == data
-    assert proxy.injected() == [f"drop-down@{MB}"] * 2
+    assert not proxy.faults  # both drops fired
     gets = [e.status for e in registry.access_since(mark) if e.method == "GET" and "/blobs/sha256:" in e.path]
     assert gets[0] == 200 and gets[1:] == [206, 206], gets
 
