@@ -170,6 +170,10 @@ class BlobUpload:
             {"Content-Length": "0", "Content-Type": "application/octet-stream"},
             retry=True,
         )
+        self._committed(resp)
+
+    def _committed(self, resp) -> None:  # noqa: ANN001
+        """The answer to a ``PUT ?digest=``: 201/204 and, when the registry says, the same digest."""
         if resp.status_code not in (201, 204):
             raise _session_error(resp, f"{self._where}: blob {self.desc.digest.short()} was refused")
         got = resp.headers.get("Docker-Content-Digest")
@@ -194,12 +198,7 @@ class BlobUpload:
             {"Content-Type": "application/octet-stream"},
             payload,
         )
-        if resp.status_code not in (201, 204):
-            raise _session_error(resp, f"{self._where}: blob {self.desc.digest.short()} was refused")
-        got = resp.headers.get("Docker-Content-Digest")
-        if got and got != str(self.desc.digest):
-            raise DigestMismatch(f"{self._where}: registry stored blob as {got}, expected {self.desc.digest}")
-        self.location = None
+        self._committed(resp)
         if progress is not None:
             progress(len(payload))
 
