@@ -7,6 +7,7 @@ against a peer measured in the same run, because the shared machine's absolute s
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ sys.path.insert(0, str(REPO))  # for tests.support (the real registry fixture) a
 class Run:
     seconds: float
     max_rss_mib: float
+    cpu_seconds: float = 0.0  # user + system time of the child (and its children)
 
 
 def _peak_rss_kib(pid: int) -> int:
@@ -37,11 +39,12 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Run:
-    """Run ``cmd`` to completion; wall time and the child's peak RSS.
+    """Run ``cmd`` to completion; wall time, CPU time and the child's peak RSS.
 
     The peak is VmHWM polled every 10 ms: wait4's ru_maxrss would report the benchmark's own RSS,
     which a forked child inherits as its high-water mark until exec.
     """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
@@ -54,7 +57,9 @@ def run(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = Non
         stderr = err.read().decode(errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{stderr[-2000:]}")
-    return Run(seconds, peak / 1024)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Run(seconds, peak / 1024, cpu)
 
 
 def tool(name: str) -> str:
@@ -73,21 +78,34 @@ def ocibuild_cmd() -> list[str]:
     return [found] if found else [sys.executable, "-m", "ocibuild.cli.main"]
 
 
-def installed_env(site: Path, env: dict[str, str] | None = None) -> dict[str, str]:
-    """``env`` for timing ocibuild as a user runs it: a copy of the package with its bytecode
-    compiled, as ``pip install`` leaves it.
+def installed_ocibuild(site: Path) -> list[str]:
+    """The command that runs ocibuild as ``pip install`` leaves it: a venv whose ``ocibuild`` package
+    is a bytecode-compiled copy of this checkout, with the dependencies of the project's venv.
 
-    This checkout is an editable install and the sandbox sets PYTHONDONTWRITEBYTECODE, so every
-    run of the working tree compiles ocibuild's ~30 modules from source (~0.1 s of CPU a user
-    never pays; skopeo is a compiled binary). The copy in ``site`` comes first on PYTHONPATH;
-    nothing is written into the working tree.
+    This checkout is an editable install: its import finder maps ``ocibuild`` to the working tree
+    ahead of ``sys.path`` (so PYTHONPATH cannot override it), and the sandbox sets
+    PYTHONDONTWRITEBYTECODE, so every run of the working tree compiles ~30 modules from source
+    (~0.1 s of CPU a user never pays; skopeo is a compiled binary). The venv made here sees the
+    dependencies' directory as a plain path entry, without its ``.pth`` files and so without the
+    editable finder. Nothing is written into the working tree.
     """
-    shutil.copytree(REPO / "ocibuild", site / "ocibuild", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(site / "ocibuild")], check=True,
+    import sysconfig
+    import venv
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(site / "venv")
+    lib = site / "lib"
+    shutil.copytree(REPO / "ocibuild", lib / "ocibuild", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(lib / "ocibuild")], check=True,
                    stdout=subprocess.DEVNULL)
-    env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH", "")) if p)
-    return env
+    python = site / "venv" / "bin" / "python"
+    target = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    deps = sysconfig.get_path("purelib")  # this interpreter's site-packages: the project's venv
+    Path(target, "ocibuild-bench.pth").write_text(f"{lib}\n{deps}\n")
+    script = site / "venv" / "bin" / "ocibuild"
+    script.write_text(f"#!{python}\nimport sys\nfrom ocibuild.cli.main import run\nsys.exit(run())\n")
+    script.chmod(0o755)
+    return [str(script)]
 
 
 def median(values: list[float]) -> float:
