@@ -4,6 +4,7 @@ launch/build/store toml, SBOMs, exit codes 51/52, and the /layers + /workspace s
 from __future__ import annotations
 
 import io
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from ocibuild.cnb.build import build
 from ocibuild.cnb.descriptor import GroupElement, Target
-from ocibuild.cnb.errors import BuildError, BuildpackError
+from ocibuild.cnb.errors import BuildError, BuildpackError, SandboxUnavailable
 from ocibuild.cnb.plan import Plan, PlanEntry, Require
 from ocibuild.cnb.sandbox import prepare_sandbox
 
@@ -309,3 +310,25 @@ def test_sandbox_buildpacks_see_layers_and_workspace(work: Work, mode: str) -> N
     web = next(layer for layer in result.buildpacks[1].layers if layer.name == "web")
     assert web.visible_path == "/layers/test_b/web" and web.path == work.layers / "test_b" / "web"
     assert not Path("/layers/test_b").exists()  # nothing placed on the host
+
+
+@pytest.mark.parametrize("mode", ["root", "user"])
+def test_sandbox_reports_a_failed_setup_as_one_line_and_a_missing_command_as_127(tmp_path: Path, mode: str) -> None:
+    (tmp_path / "layers").mkdir()
+    sandbox = prepare_sandbox({tmp_path / "layers": "/layers", tmp_path / "gone": "/workspace"}, mode=mode)
+    with pytest.raises(SandboxUnavailable) as failed:
+        sandbox.run(["/bin/true"], cwd="/", env={"PATH": "/usr/bin:/bin"})
+    message = str(failed.value)
+    assert "\n" not in message
+    assert f"{mode} mount namespace failed" in message and "No such file or directory" in message
+    assert "--layers-dir/--workspace" in message
+    assert not Path("/layers").exists() and not Path("/workspace").exists()
+
+    works = prepare_sandbox({tmp_path / "layers": "/layers"}, mode=mode)
+    missing = works.run(["no-such-command-here"], cwd="/layers", env={"PATH": "/usr/bin:/bin"},
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert missing.returncode == 127
+    assert missing.stdout.decode() == "no-such-command-here: No such file or directory\n"
+    seen = works.run(["/bin/sh", "-c", 'echo "$PWD $(id -u)"; exit 3'], cwd="/layers",
+                     env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE)
+    assert (seen.returncode, seen.stdout.decode()) == (3, "/layers 0\n")
