@@ -71,14 +71,16 @@ def sync(app: Path, dest: Path, include: Include | None = None) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     src = _walk(app, include)
     cur = _walk(dest, None)
-    for rel in sorted(set(cur) - set(src), reverse=True):  # children before their directory
+    gone = sorted(set(cur) - set(src), reverse=True)
+    for rel in gone:  # children before their directory
         _remove(dest / rel)
-    copied = 0
+    copied = changed = 0
     for rel in sorted(src):  # parents before children
-        want, have, target = src[rel], cur.get(rel), dest / rel
-        untouched = have is not None and recorded.get(rel) == have
-        if have is not None and untouched and _same_content(want, have):
-            continue
+        want, have = src[rel], cur.get(rel)
+        if have is not None and recorded.get(rel) == have and _same_content(want, have):
+            continue  # untouched since the last sync and the app's file did not change
+        changed += 1
+        target = dest / rel
         if have is not None and (have[0] != want[0] or want[0] != "d"):
             _remove(target)
         if want[0] == "d":
@@ -89,6 +91,8 @@ def sync(app: Path, dest: Path, include: Include | None = None) -> int:
         else:
             shutil.copy2(app / rel, target, follow_symlinks=False)
             copied += 1
+    if not gone and not changed and cur == recorded:
+        return 0  # nothing touched: the copy is as the walk just saw it, and as recorded
     state = _walk(dest, None)
     tmp = state_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))

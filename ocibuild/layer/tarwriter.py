@@ -26,7 +26,7 @@ import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Union
 
 from ocibuild.errors import UnsafeContent, UsageError
@@ -55,8 +55,8 @@ def pack_mode(kind: str, mode: int) -> int:
 
 def normalize_path(path: str) -> str:
     """A clean relative POSIX path: no leading ``/`` or ``./``, no empty or ``.`` parts; ``..`` refused."""
-    parts = [p for p in PurePosixPath(path).parts if p not in ("/", ".", "")]
-    if any(p == ".." for p in parts):
+    parts = [p for p in path.split("/") if p and p != "."]
+    if ".." in parts:
         raise UnsafeContent(f"tar entry {path!r}: '..' is not allowed in a layer path")
     return "/".join(parts)
 
@@ -161,8 +161,8 @@ def entries_from_dir(
         for name in sorted(dirnames + filenames):
             full = os.path.join(dirpath, name)
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            tar_path = f"{base}/{rel}" if base else rel
-            entry = _entry_for_file(full, normalize_path(tar_path))
+            # already clean: ``base`` is normalised and os.walk yields plain names ('..' never)
+            entry = _entry_for_file(full, f"{base}/{rel}" if base else rel)
             if entry is not None:
                 out.append(entry)
     return out
