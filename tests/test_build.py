@@ -100,6 +100,8 @@ def test_no_compose_when_nothing_is_added(tmp_path: Path, app: Path, warm_scratc
     assert out["ephemeral_builder"] is None
     assert out["gc"]["removed_blobs"] == 0
     assert snapshot(warm_scratch / "layout") == before
+    # The build closed its ledger: SQLite checkpointed and removed the write-ahead log on the last close.
+    assert not (warm_scratch / "ledger.db-wal").exists()
 
 
 @pytest.mark.parametrize(("buildpack", "code", "message"), [
@@ -122,6 +124,7 @@ def test_failed_builds_exit_like_the_lifecycle_and_leave_nothing(
     assert blobs(layout) == before_blobs
     assert snapshot(layout) == before
     assert not any((warm_scratch / "work").iterdir())
+    assert not (warm_scratch / "ledger.db-wal").exists()  # closed on the failure path too
     assert_no_ephemeral_left(warm_scratch)
 
 

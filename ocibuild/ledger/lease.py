@@ -114,6 +114,7 @@ class Lease(AbstractContextManager["Lease"]):
         heartbeat_interval: float | None = None,
         lease_id: str | None = None,
     ):
+        self._owns_ledger = not isinstance(ledger, Ledger)
         if isinstance(ledger, Ledger):
             self.ledger = ledger
         else:
@@ -148,15 +149,20 @@ class Lease(AbstractContextManager["Lease"]):
                 log.warning("lease %s: heartbeat failed: %s", self.id, exc)
 
     def release(self) -> None:
-        """Stop the heartbeat and mark the lease released. Idempotent."""
+        """Stop the heartbeat and mark the lease released; close the ledger if this lease opened it.
+        Idempotent."""
         if self.released:
             return
         self.released = True
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        if self.row is not None:
-            self.ledger.release(self.id)
+        try:
+            if self.row is not None:
+                self.ledger.release(self.id)
+        finally:
+            if self._owns_ledger:
+                self.ledger.close()  # its connections (this thread's and the heartbeat's), WAL checkpointed
 
     def __enter__(self) -> "Lease":
         return self.acquire()
