@@ -11,6 +11,7 @@ from __future__ import annotations
 
 
 import glob
+import io
 import os
 import tempfile
 import tomllib
@@ -32,7 +33,7 @@ from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.oci.digest import Digest
 from ocibuild.oci.manifest import ImageConfig, Manifest, canonical_json
-from ocibuild.store.base import Store, load_config, load_manifest, put_bytes
+from ocibuild.store.base import Store, load_config, load_manifest
 
 LIFECYCLE_LABEL = "io.buildpacks.lifecycle.metadata"
 BUILD_LABEL = "io.buildpacks.build.metadata"
@@ -197,18 +198,35 @@ def _dir_entries(host_dir: Path, image_path: str, uid: int, gid: int,
     return out
 
 
+class _Presence:
+    """Blobs the target is known to hold: each is asked about (a HEAD on a registry) once per export."""
+
+    def __init__(self, target: Store):
+        self.target = target
+        self._known: set[Digest] = set()
+
+    def __call__(self, desc: Descriptor) -> bool:
+        if desc.digest in self._known:
+            return True
+        if self.target.has_blob(desc):
+            self._known.add(desc.digest)
+            return True
+        return False
+
+
 class _LayerMaker:
     """Writes layers; with a memo, an unchanged layer the target already holds is not written again."""
 
-    def __init__(self, tmp_dir: Path, media_type: str, memo: LayerMemo | None = None, target: Store | None = None):
-        self.tmp_dir, self.media_type, self.memo, self.target = tmp_dir, media_type, memo, target
+    def __init__(self, tmp_dir: Path, media_type: str, memo: LayerMemo | None = None,
+                 present: Callable[[Descriptor], bool] | None = None):
+        self.tmp_dir, self.media_type, self.memo, self.present = tmp_dir, media_type, memo, present
 
     def make(self, entries: Iterable[TarEntry], created_by: str) -> BuiltLayer:
         entries = list(entries)
         key = entries_key(entries, TarOptions(), self.media_type) if self.memo is not None else None
         if key is not None:
             hit = self.memo.get(key)  # type: ignore[union-attr]
-            if hit is not None and self.target is not None and self.target.has_blob(hit[0]):
+            if hit is not None and self.present is not None and self.present(hit[0]):
                 return BuiltLayer(hit[0], hit[1], created_by, None)
         result = write_layer(entries, media_type=self.media_type, tmp_dir=self.tmp_dir)
         if key is not None:
@@ -406,7 +424,8 @@ def export(
 
     work = Path(tempfile.mkdtemp(prefix="ocibuild-export-", dir=options.tmp_dir))
     memo = LayerMemo(options.layer_memo_dir) if options.layer_memo_dir is not None else None
-    maker = _LayerMaker(work, layer_type, memo, target)
+    present = _Presence(target)
+    maker = _LayerMaker(work, layer_type, memo, present)
     added: list[BuiltLayer] = []
     prev_layers = _previous_layers(previous)
     try:
@@ -546,7 +565,7 @@ def export(
         manifest = Manifest.build(config.descriptor(), [*run_manifest.layers, *(x.descriptor for x in added)],
                                   media_type=mt.DOCKER_MANIFEST if docker else mt.OCI_MANIFEST)
 
-        uploaded = _write_image(target, run, run_manifest, added, config, say)
+        uploaded = _write_image(target, present, run, run_manifest, added, config, say)
         desc = manifest.descriptor()
         tags = [t for t in (tag, *options.extra_tags) if t]
         target.put_manifest(desc, manifest.raw, tag=tags[0] if tags else None)
@@ -617,8 +636,8 @@ def previous_metadata(store: Store, identifier: str) -> dict[str, Any] | None:
     return md
 
 
-def _write_image(target: Store, run: RunImageSource, run_manifest: Manifest, added: list[BuiltLayer],
-                 config: ImageConfig, say: Callable[[str], None]) -> list[Digest]:
+def _write_image(target: Store, present: _Presence, run: RunImageSource, run_manifest: Manifest,
+                 added: list[BuiltLayer], config: ImageConfig, say: Callable[[str], None]) -> list[Digest]:
     """Run layers by mount/copy (skipped when present), new layers from their files, then the config."""
     from ocibuild.transfer.copy import GraphCopier
 
@@ -632,7 +651,7 @@ def _write_image(target: Store, run: RunImageSource, run_manifest: Manifest, add
                 uploaded.append(blob.digest)
         seen: set[Digest] = set()
         for layer in added:
-            if layer.descriptor.digest in seen or target.has_blob(layer.descriptor):
+            if layer.descriptor.digest in seen or present(layer.descriptor):
                 continue
             seen.add(layer.descriptor.digest)
             if layer.path is None:
@@ -651,9 +670,9 @@ def _write_image(target: Store, run: RunImageSource, run_manifest: Manifest, add
             with open(layer.path, "rb") as fh:
                 target.put_blob(layer.descriptor, fh)
             uploaded.append(layer.descriptor.digest)
-        if not target.has_blob(config.descriptor()):
+        if not present(config.descriptor()):
+            target.put_blob(config.descriptor(), io.BytesIO(config.raw))
             uploaded.append(config.digest)
-        put_bytes(target, config.descriptor(), config.raw)
     say(f"Wrote {len(uploaded)} new blobs")
     return uploaded
 
