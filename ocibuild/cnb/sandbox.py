@@ -8,7 +8,7 @@ bind-mounts every top-level entry of ``/``, adds the requested directories at th
 ``chroot``s into it and execs the buildpack. Nothing is created on the host outside the given
 directories.
 
-The helper is this interpreter running ``_HELPER`` with ``-I -S`` (no site, ~15 ms): mounts are
+The helper is ``_mountns.py`` run by this interpreter with ``-I -S`` (no site, ~15 ms): mounts are
 ``mount(2)`` calls through ctypes, not one ``mount`` process per top-level entry, so a sandboxed run
 costs about what a plain one does. It reports a failed set-up on a status pipe that closes on exec,
 so the first run tells whether a namespace can be had; no separate probe run.
@@ -28,63 +28,9 @@ from ocibuild.cnb.errors import SandboxUnavailable
 
 __all__ = ["Sandbox", "SandboxUnavailable", "prepare_sandbox"]
 
-#: Exit status of the helper when the namespace or a mount could not be set up (reason on the pipe).
+#: The helper script (standard library only) and its exit status for a failed set-up.
+_HELPER = Path(__file__).with_name("_mountns.py")
 _SETUP_FAILED = 125
-
-# argv: status-fd mode new-root cwd n-mounts skip-names (host target)*n command...
-_HELPER = r"""
-import ctypes, errno, os, sys
-status, mode, root, cwd, n, skip = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), set(sys.argv[6].split())
-pairs, argv = sys.argv[7:7 + 2 * n], sys.argv[7 + 2 * n:]
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-def enc(s):
-    return None if s is None else os.fsencode(s)
-def mount(src, dst, fstype, flags, data=None):
-    if libc.mount(enc(src), enc(dst), enc(fstype), flags, enc(data)) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, "mount %s on %s: %s" % (src, dst, os.strerror(e)))
-def fail(msg):
-    os.write(status, msg.encode("utf-8", "replace"))
-    os._exit(125)
-try:
-    uid, gid = os.getuid(), os.getgid()
-    if libc.unshare(0x00020000 | (0x10000000 if mode == "user" else 0)) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, "unshare: " + os.strerror(e))
-    if mode == "user":
-        for name, text in (("setgroups", "deny"), ("uid_map", "0 %d 1" % uid), ("gid_map", "0 %d 1" % gid)):
-            with open("/proc/self/" + name, "w") as fh:
-                fh.write(text)
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("ocibuild-root", root, "tmpfs", 0, "mode=0755")
-    for name in os.listdir("/"):
-        if name in skip:
-            continue
-        src, dst = "/" + name, root + "/" + name
-        if os.path.islink(src):
-            os.symlink(os.readlink(src), dst)
-        elif os.path.isdir(src):
-            os.mkdir(dst)
-            mount(src, dst, None, MS_BIND | MS_REC)
-        else:
-            open(dst, "w").close()
-            mount(src, dst, None, MS_BIND)
-    for i in range(0, len(pairs), 2):
-        os.makedirs(root + pairs[i + 1], exist_ok=True)
-        mount(pairs[i], root + pairs[i + 1], None, MS_BIND | MS_REC)
-    os.chroot(root)
-    os.chdir(cwd)
-except OSError as err:
-    fail(str(err))
-os.set_inheritable(status, False)
-try:
-    os.execvpe(argv[0], argv, os.environ)
-except OSError as err:
-    sys.stderr.write("%s: %s\n" % (argv[0], err.strerror))
-    os._exit(126 if err.errno in (errno.EACCES, errno.ENOEXEC) else 127)
-"""
 
 
 @dataclass(frozen=True)
@@ -115,7 +61,7 @@ class Sandbox:
             return list(argv)
         skip = " ".join(t.strip("/") for _, t in self.mounts if t.strip("/") and "/" not in t.strip("/"))
         return [
-            sys.executable, "-I", "-S", "-c", _HELPER,
+            sys.executable, "-I", "-S", str(_HELPER),
             str(status_fd), self.mode, str(root_dir), cwd, str(len(self.mounts)), skip,
             *[x for src, target in self.mounts for x in (str(src), target)],
             *argv,
