@@ -1,8 +1,8 @@
 """Enter a private mount namespace, build a root where host dirs appear at image paths, exec a command.
 
-Run as a script by ``ocibuild.cnb.sandbox`` (``python -I -S _mountns.py ...``), never imported: it
-uses the standard library only, so the interpreter starts in ~15 ms and calls ``mount(2)`` directly
-instead of spawning one ``mount`` process per top-level entry of ``/``.
+Run as a script by ``ocibuild.cnb.sandbox`` (``python -I -S _mountns.py ...``), which imports it only
+for its path and constants. It uses the standard library only, so the interpreter starts in ~15 ms,
+and it calls ``mount(2)`` directly instead of spawning one ``mount`` process per top-level entry of ``/``.
 
     argv: STATUS_FD MODE NEW_ROOT CWD N SKIP_NAMES (HOST TARGET)*N COMMAND...
 

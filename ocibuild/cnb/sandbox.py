@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ocibuild.cnb import _mountns
 from ocibuild.cnb.errors import SandboxUnavailable
 
 __all__ = ["Sandbox", "SandboxUnavailable", "prepare_sandbox"]
 
-#: The helper script (standard library only) and its exit status for a failed set-up.
-_HELPER = Path(__file__).with_name("_mountns.py")
-_SETUP_FAILED = 125
+#: The helper script (standard library only), run by path so that it never imports ocibuild.
+_HELPER = Path(_mountns.__file__)
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class Sandbox:
                 for fd in (read_end, write_end):
                     if fd >= 0:
                         os.close(fd)
-        if reason and proc.returncode == _SETUP_FAILED:
+        if reason and proc.returncode == _mountns.SETUP_FAILED:
             raise _unavailable(self, reason)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
