@@ -93,18 +93,18 @@ def copy(
     dst_ref = parse_reference(dst, registry)
     with open_image(src, registry=registry, options=options) as (src_store, src_id):
         src_id = _require_identifier(src_store, src_id, src)
-        with open_image(dst, registry=registry, options=options, for_write=True) as (dst_store, _):
+        top = src_store.resolve(src_id)  # a missing source fails here, before the destination exists
+        if dst_ref.digest is not None and not platforms and top.digest != dst_ref.digest:
+            # check before writing anything: the source must already be that digest
+            raise UsageError(f"{src} is {top.digest}, not the destination digest {dst_ref.digest}")
+        with _new_layout_removed_on_error(dst_ref), \
+                open_image(dst, registry=registry, options=options, for_write=True) as (dst_store, _):
             if dst_ref.digest is not None:
                 tag = None
             elif isinstance(dst_ref, LayoutReference) and dst_ref.tag is None:
                 tag = _default_tag(src, registry)
             else:
                 tag = dst_ref.tag
-            if dst_ref.digest is not None and not platforms:
-                # check before writing anything: the source must already be that digest
-                top = src_store.resolve(src_id)
-                if top.digest != dst_ref.digest:
-                    raise UsageError(f"{src} is {top.digest}, not the destination digest {dst_ref.digest}")
             desc = copy_image(
                 src_store, src_id, dst_store, tag,
                 platforms=platforms, all_platforms=all_platforms, jobs=jobs, progress=progress,
@@ -256,11 +256,33 @@ def _source_and_destination(
     src: str, dst: str, registry: str | None, options: Any
 ) -> Iterator[tuple[Store, str, Store, str | None]]:
     """The image ``src`` names (identifier required) and the store and tag ``dst`` names, for writing."""
-    tag, _ = _destination(dst, registry)
+    tag, dst_ref = _destination(dst, registry)
     with open_image(src, registry=registry, options=options) as (src_store, src_id):
         src_id = _require_identifier(src_store, src_id, src)
-        with open_image(dst, registry=registry, options=options, for_write=True) as (dst_store, _):
+        src_store.resolve(src_id)  # a missing source fails here, before the destination exists
+        with _new_layout_removed_on_error(dst_ref), \
+                open_image(dst, registry=registry, options=options, for_write=True) as (dst_store, _):
             yield src_store, src_id, dst_store, tag
+
+
+@contextlib.contextmanager
+def _new_layout_removed_on_error(ref: Any) -> Iterator[None]:
+    """A layout directory that this command creates is removed again if the command fails.
+
+    A failed copy, append or mutate must not leave an empty (or half-filled) layout behind; a
+    layout that existed before is left alone (its blobs are published atomically anyway).
+    """
+    import os
+    import shutil
+
+    path = ref.path if isinstance(ref, LayoutReference) else None
+    created = path is not None and not os.path.lexists(path)
+    try:
+        yield
+    except BaseException:
+        if created and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def append(

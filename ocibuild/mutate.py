@@ -113,17 +113,26 @@ def append_layers(
     diff_ids = rootfs.setdefault("diff_ids", [])
     history = doc.setdefault("history", []) if ("history" in doc or layer_paths) else None
     layers = list(base.layers)
+    for path in layer_paths:
+        if not Path(path).exists():
+            raise UsageError(f"{path}: no such file or directory")
     with _writer_lock(dst):
-        copy_missing_blobs(store_src, dst, base.layers)
-        for path in layer_paths:
-            if not Path(path).exists():
-                raise UsageError(f"{path}: no such file or directory")
-            result = write_layer(path, media_type=media_type, options=options, prefix=prefix, tmp_dir=tmp_dir)
-            _publish_layer(dst, result)
-            layers.append(result.descriptor)
-            diff_ids.append(str(result.diff_id))
-            if history is not None:
-                history.append({"created": HISTORY_CREATED, "created_by": f"{created_by} {Path(path).name}"})
+        # every layer is built before anything is written: a damaged tarball leaves dst as it was
+        results: list[LayerResult] = []
+        try:
+            for path in layer_paths:
+                results.append(write_layer(path, media_type=media_type, options=options, prefix=prefix,
+                                           tmp_dir=tmp_dir))
+            copy_missing_blobs(store_src, dst, base.layers)
+            for path, result in zip(layer_paths, results):
+                _publish_layer(dst, result)
+                layers.append(result.descriptor)
+                diff_ids.append(str(result.diff_id))
+                if history is not None:
+                    history.append({"created": HISTORY_CREATED, "created_by": f"{created_by} {Path(path).name}"})
+        finally:
+            for result in results:
+                result.discard()
         return _write_image(dst, base, doc, config.media_type, layers, base.annotations, dst_tag)
 
 

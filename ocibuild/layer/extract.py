@@ -12,7 +12,8 @@ on directory descriptors opened ``O_NOFOLLOW`` — never by the kernel following
 * hard links must name a path inside ``dest``; devices and FIFOs are refused unless allowed (and
   root); setuid/setgid bits are stripped unless kept; owners are not applied unless asked.
 
-Refusals raise ``UnsafeContent`` naming the entry. Extraction streams and verifies as it goes, so
+Refusals raise ``UnsafeContent`` naming the entry; a stream that is no tar (or damaged compression)
+raises ``InvalidArchive`` naming the layer. Extraction streams and verifies as it goes, so
 a failure (unsafe entry, digest or diffID mismatch) can leave ``dest`` partly written: callers
 unpack into a fresh directory and discard it on error.
 """
@@ -30,6 +31,7 @@ from typing import BinaryIO, Callable, Union
 
 from ocibuild.errors import DigestMismatch, ManifestError, UnsafeContent
 from ocibuild.layer.compress import decompressor
+from ocibuild.layer.tarwriter import InvalidArchive, archive_errors, check_stream_end
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.digest import CHUNK, Hasher
 from ocibuild.oci.manifest import Manifest
@@ -301,6 +303,7 @@ def _extract_tar(stream: BinaryIO, root: _Root, mapping: Callable[[str], "str | 
                 continue
             ex.entry(info, tf, name)
             count += 1
+        check_stream_end(tf)
     return count
 
 
@@ -331,7 +334,8 @@ def safe_extract(
     """
     root = _Root(dest, options)
     try:
-        count = _extract_tar(tar_stream, root, _filter(prefix_filter))
+        with archive_errors("tar stream"):
+            count = _extract_tar(tar_stream, root, _filter(prefix_filter))
         _apply_dir_modes(root)
         return count
     finally:
@@ -350,6 +354,11 @@ class _HashingReader:
     def drain(self) -> None:
         while self.read(CHUNK):
             pass
+
+
+def _drain(blob: BinaryIO) -> None:
+    while blob.read(CHUNK):
+        pass
 
 
 def unpack_image(
@@ -379,12 +388,16 @@ def unpack_image(
             if not mt.is_layer(layer.media_type):
                 raise ManifestError(f"layer {layer.digest} has unsupported media type {layer.media_type}")
             with store.open_blob(layer) as blob:
-                plain = decompressor(blob, mt.compression_of(layer.media_type))
-                reader = _HashingReader(plain, Hasher(diff_id.algorithm, expected=diff_id))
-                _extract_tar(reader, root, lambda n: n)  # type: ignore[arg-type]
-                reader.drain()  # trailing padding is part of the diffID
-                while blob.read(CHUNK):  # to EOF: the store's reader verifies the blob digest there
-                    pass
+                try:
+                    with archive_errors(f"layer {layer.digest}"):
+                        plain = decompressor(blob, mt.compression_of(layer.media_type))
+                        reader = _HashingReader(plain, Hasher(diff_id.algorithm, expected=diff_id))
+                        _extract_tar(reader, root, lambda n: n)  # type: ignore[arg-type]
+                        reader.drain()  # trailing padding is part of the diffID
+                except InvalidArchive:
+                    _drain(blob)  # a blob that is not what its digest says is reported as that first
+                    raise
+                _drain(blob)  # to EOF: the store's reader verifies the blob digest there
             got = reader.hasher.digest()
             if got != diff_id:
                 raise DigestMismatch(f"layer {layer.digest}: uncompressed content hashes to {got}, config says {diff_id}")

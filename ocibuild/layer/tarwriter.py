@@ -19,6 +19,8 @@ examples show and what ``tar`` accepts without a warning.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import os
 import shutil
@@ -37,6 +39,32 @@ FILE, DIR, SYMLINK, HARDLINK, FIFO, CHAR, BLOCK = "file", "dir", "symlink", "har
 
 ModePolicy = Callable[[str, int], int]
 """(kind, mode from the source) -> permission bits to write."""
+
+
+class InvalidArchive(UnsafeContent):
+    """A tarball or layer that is not a readable tar: bad header, truncated, damaged compression (exit 1)."""
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged tar or compressed stream raises (evaluated only when something is raised)."""
+    import zlib
+
+    import zstandard
+    from isal import isal_zlib
+
+    return (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, isal_zlib.error, zstandard.ZstdError)
+
+
+@contextlib.contextmanager
+def archive_errors(source: object) -> Iterator[None]:
+    """Turn the errors of reading a damaged archive into one-line ``InvalidArchive`` naming ``source``."""
+    try:
+        yield
+    except InvalidArchive:
+        raise
+    except _decode_errors() as exc:
+        reason = str(exc) or type(exc).__name__
+        raise InvalidArchive(f"{source}: not a valid tar archive ({reason})") from None
 
 
 def keep_mode(kind: str, mode: int) -> int:
@@ -194,12 +222,20 @@ _TAR_KINDS = {
 }
 
 
-def entries_from_tar(tf: tarfile.TarFile, prefix: str = "") -> list[TarEntry]:
-    """Entries of an open, seekable tar file (re-normalised when written). Keep ``tf`` open while writing."""
+def entries_from_tar(tf: tarfile.TarFile, prefix: str = "", *, source: object = None) -> list[TarEntry]:
+    """Entries of an open, seekable tar file (re-normalised when written). Keep ``tf`` open while writing.
+
+    ``source`` names the archive in errors (default: ``tf.name``); a damaged archive, found here or
+    later while a member is read, raises ``InvalidArchive``.
+    """
+    source = source or tf.name or "tar archive"
     base = normalize_path(prefix)
     members = {}
     out: list[TarEntry] = []
-    for m in tf.getmembers():
+    with archive_errors(source):
+        all_members = tf.getmembers()
+        _check_seekable_end(tf)
+    for m in all_members:
         kind = _TAR_KINDS.get(m.type)
         if kind is None:
             continue  # GNU sparse/volume headers and the like: not layer content
@@ -212,37 +248,100 @@ def entries_from_tar(tf: tarfile.TarFile, prefix: str = "") -> list[TarEntry]:
             tm = members.get(target)
             if tm is None or not tm.isreg():
                 raise UnsafeContent(f"tar entry {m.name!r}: hard link to {m.linkname!r}, which precedes it nowhere")
-            out.append(TarEntry(path, FILE, m.mode, tm.size, opener=_member_opener(tf, tm), link_key=("tar", target)))
+            out.append(TarEntry(path, FILE, m.mode, tm.size, opener=_member_opener(tf, tm, source),
+                                link_key=("tar", target)))
         elif kind == FILE:
-            out.append(TarEntry(path, FILE, m.mode, m.size, opener=_member_opener(tf, m), link_key=("tar", path)))
+            out.append(TarEntry(path, FILE, m.mode, m.size, opener=_member_opener(tf, m, source),
+                                link_key=("tar", path)))
         else:
             out.append(TarEntry(path, kind, m.mode, 0, linkname=m.linkname if kind == SYMLINK else "",
                                 devmajor=m.devmajor, devminor=m.devminor))
     return out
 
 
-def _member_opener(tf: tarfile.TarFile, m: tarfile.TarInfo) -> Callable[[], BinaryIO]:
+def _check_seekable_end(tf: tarfile.TarFile) -> None:
+    """Refuse a tar cut inside a header or a member's padding (``tarfile`` takes that for the end).
+
+    Like Go's ``archive/tar``: ending right after a member (no zero blocks) is accepted, a partial
+    block is not.
+    """
+    fh = tf.fileobj
+    if fh is None:
+        return
+    end = fh.seek(0, os.SEEK_END)
+    if end < tf.offset or 0 < end - tf.offset < tarfile.BLOCKSIZE:
+        raise tarfile.ReadError("unexpected end of data")
+
+
+def check_stream_end(tf: tarfile.TarFile) -> None:
+    """The streaming (``r|``) form of the check above, after the members were iterated
+    (raises ``tarfile.ReadError``: wrap it in ``archive_errors``)."""
+    read = getattr(tf.fileobj, "pos", None)
+    if read is not None and read not in (tf.offset, tf.offset + tarfile.BLOCKSIZE):
+        raise tarfile.ReadError("unexpected end of data")
+
+
+def _member_opener(tf: tarfile.TarFile, m: tarfile.TarInfo, source: object) -> Callable[[], BinaryIO]:
     def opener() -> BinaryIO:
-        f = tf.extractfile(m)
+        with archive_errors(source):
+            f = tf.extractfile(m)
         assert f is not None
-        return f  # type: ignore[return-value]
+        return _CheckedMember(f, source)  # type: ignore[return-value]
 
     return opener
 
 
+class _CheckedMember:
+    """A member's content whose read errors (a tar truncated inside it) name the archive."""
+
+    def __init__(self, raw: BinaryIO, source: object):
+        self._raw, self._source = raw, source
+
+    def read(self, n: int = -1) -> bytes:
+        with archive_errors(self._source):
+            data = self._raw.read(n)
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> "_CheckedMember":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def open_tarball(path: str | os.PathLike[str], spool_dir: str | os.PathLike[str] | None = None) -> tarfile.TarFile:
-    """Open a tarball for random access; a compressed one is first decompressed into a temp file."""
+    """Open a tarball for random access; a compressed one is first decompressed into a temp file.
+
+    A file that is no tar (or a damaged gzip/zstd one) raises ``InvalidArchive`` naming ``path``.
+    """
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd":
         from ocibuild.layer.compress import decompressor
 
         spool = tempfile.TemporaryFile(dir=spool_dir)
-        with open(path, "rb") as fh:
-            shutil.copyfileobj(decompressor(fh, "gzip" if magic[:2] == b"\x1f\x8b" else "zstd"), spool, 1 << 20)
-        spool.seek(0)
-        return tarfile.open(fileobj=spool, mode="r:")
-    return tarfile.open(path, mode="r:")
+        try:
+            with archive_errors(path), open(path, "rb") as fh:
+                shutil.copyfileobj(decompressor(fh, "gzip" if magic[:2] == b"\x1f\x8b" else "zstd"), spool, 1 << 20)
+                spool.seek(0)
+                tf = tarfile.open(fileobj=spool, mode="r:")
+            tf.name = os.fspath(path)  # type: ignore[assignment] - errors name the file, not the spool
+            return tf
+        except BaseException:
+            spool.close()
+            raise
+    for signature, kind in _UNSUPPORTED:
+        if magic.startswith(signature):
+            raise InvalidArchive(f"{os.fspath(path)}: not a valid tar archive ({kind} compression is not supported: "
+                                 "use a plain, gzip or zstd tarball)")
+    with archive_errors(path):
+        return tarfile.open(path, mode="r:")
+
+
+_UNSUPPORTED = ((b"\xfd7zX", "xz"), (b"BZh", "bzip2"), (b"\x5d\x00\x00", "lzma"))
 
 
 TarSource = Union[str, os.PathLike, Iterable[TarEntry]]
@@ -334,7 +433,7 @@ def iter_source(source: TarSource, prefix: str = "", *, include_parents: bool = 
             tf = open_tarball(p)
             if stack is not None:
                 stack.append(tf)
-            entries = entries_from_tar(tf, prefix)
+            entries = entries_from_tar(tf, prefix, source=os.fspath(source))
             if prefix and include_parents:
                 entries = parent_entries(prefix) + [TarEntry.dir(prefix)] + entries
             return entries

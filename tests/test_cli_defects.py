@@ -1,0 +1,150 @@
+"""Reviewer-found CLI defects: damaged archives, ``inspect --raw --platform``, symlinked docker config,
+and failed commands that left an empty destination layout behind."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ocibuild.cli.main import app
+from ocibuild.oci import mediatype as mt
+from ocibuild.oci.descriptor import Descriptor
+from ocibuild.oci.digest import Digest
+from ocibuild.oci.manifest import ImageConfig, Manifest
+from ocibuild.store.layout import LayoutStore
+from support.copyimages import image, index
+
+runner = CliRunner()
+
+
+def cli(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, list(args), env=env)
+
+
+def one_line_error(result, exit_code: int = 1) -> str:
+    assert result.exit_code == exit_code, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output and "Aborted" not in result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ocibuild: error: "), result.stderr
+    return lines[0]
+
+
+def files_under(path: Path) -> list[str]:
+    """Content files of a layout (lock files come and go with every writer)."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if not p.name.endswith(".lock"))
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> LayoutStore:
+    store = LayoutStore(tmp_path / "base", create=True)
+    image(store, "defects", tag="latest")
+    return store
+
+
+def _tar_bytes(tmp_path: Path) -> bytes:
+    tree = tmp_path / "tree"
+    tree.mkdir(exist_ok=True)
+    for i in range(20):
+        (tree / f"f{i}").write_bytes(os.urandom(20000))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        tf.add(tree, arcname="tree")
+    return buf.getvalue()
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
+    full = _tar_bytes(tmp_path)
+    return {
+        "notar.txt": (b"hello\n", "not a valid tar archive"),
+        "empty.tar": (b"", "not a valid tar archive (empty file)"),
+        "layer.tar.xz": (lzma.compress(full), "xz compression is not supported"),
+        "truncated.tar": (full[:200000], "not a valid tar archive"),
+        "truncated.tar.gz": (gzip.compress(full)[:150000], "not a valid tar archive"),
+    }
+
+
+# -- 1. damaged tarballs and layers ------------------------------------------------------------------
+def test_append_damaged_tarball_is_one_line_and_writes_nothing(tmp_path: Path, base: LayoutStore) -> None:
+    for name, (data, reason) in _bad_inputs(tmp_path).items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        dest = tmp_path / f"new-{name}"
+        line = one_line_error(cli("append", f"oci:{base.path}:latest", str(path), "--tag", f"oci:{dest}:z"))
+        assert line.startswith(f"ocibuild: error: {path}: ") and reason in line, line
+        assert not dest.exists(), f"{name}: left {files_under(dest)}"
+
+
+def test_append_damaged_tarball_into_existing_layout_leaves_it_unchanged(tmp_path: Path, base: LayoutStore) -> None:
+    good = tmp_path / "good"
+    (good / "etc").mkdir(parents=True)
+    (good / "etc" / "x").write_text("x")
+    dest = LayoutStore(tmp_path / "dest", create=True)
+    before = files_under(dest.path)
+    bad = tmp_path / "truncated.tar.gz"
+    bad.write_bytes(gzip.compress(_tar_bytes(tmp_path))[:150000])
+    # the good layer is built first, then the bad one fails: neither it nor the base blobs are written
+    line = one_line_error(cli("append", f"oci:{base.path}:latest", str(good), str(bad), "--tag", f"oci:{dest.path}:z"))
+    assert "not a valid tar archive" in line
+    assert files_under(dest.path) == before
+    assert dest.tags() == []
+
+
+def test_append_truncated_gzip_subprocess_exit_code(tmp_path: Path, base: LayoutStore) -> None:
+    bad = tmp_path / "t.tar.gz"
+    bad.write_bytes(gzip.compress(_tar_bytes(tmp_path))[:150000])
+    done = subprocess.run([sys.executable, "-m", "ocibuild.cli.main", "append", f"oci:{base.path}:latest", str(bad),
+                           "--tag", f"oci:{tmp_path / 'x'}:z"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"ocibuild: error: {bad}: not a valid tar archive (") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def _image_with_layer(store: LayoutStore, blob: bytes, media_type: str, uncompressed: bytes) -> None:
+    """An image whose one layer has the right digest and diffID but ``blob`` as content."""
+    desc = Descriptor(media_type, Digest.of(blob), len(blob))
+    store.put_blob(desc, io.BytesIO(blob))
+    cfg = ImageConfig.build({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": [str(Digest.of(uncompressed))]}})
+    store.put_blob(cfg.descriptor(), io.BytesIO(cfg.raw))
+    m = Manifest.build(cfg.descriptor(), [desc])
+    store.put_manifest(m.descriptor(), m.raw, tag="bad")
+
+
+@pytest.mark.parametrize("kind", ["notar", "truncated-tar", "truncated-gzip"])
+def test_unpack_damaged_layer_is_one_line_and_removes_dir(tmp_path: Path, kind: str) -> None:
+    full = _tar_bytes(tmp_path)
+    notar = b"hello, not a tar at all\n" * 40
+    blob, media_type, plain = {
+        "notar": (notar, mt.OCI_LAYER, notar),
+        "truncated-tar": (full[:200000], mt.OCI_LAYER, full[:200000]),
+        "truncated-gzip": (gzip.compress(full)[:150000], mt.OCI_LAYER_GZIP, full),
+    }[kind]
+    store = LayoutStore(tmp_path / "layout", create=True)
+    _image_with_layer(store, blob, media_type, plain)
+    rootfs = tmp_path / "rootfs"
+    line = one_line_error(cli("unpack", f"oci:{store.path}:bad", str(rootfs)))
+    assert line.startswith("ocibuild: error: layer sha256:") and "not a valid tar archive (" in line, line
+    assert not rootfs.exists()
+
+
+# -- 4. failed commands leave no new destination ------------------------------------------------------
+def test_failed_copy_mutate_append_leave_no_new_layout(tmp_path: Path, base: LayoutStore) -> None:
+    src = f"oci:{base.path}:nosuchtag"
+    one_line_error(cli("copy", src, f"oci:{tmp_path / 'c'}"))
+    one_line_error(cli("mutate", src, "--env", "A=b", "--tag", f"oci:{tmp_path / 'm'}:t"))
+    (tmp_path / "dir").mkdir()
+    one_line_error(cli("append", src, str(tmp_path / "dir"), "--tag", f"oci:{tmp_path / 'a'}:t"))
+    assert not any((tmp_path / n).exists() for n in "cma")
+    # success still creates it
+    assert cli("copy", f"oci:{base.path}:latest", f"oci:{tmp_path / 'c'}").exit_code == 0
+    assert LayoutStore(tmp_path / "c").tags() == ["latest"]
