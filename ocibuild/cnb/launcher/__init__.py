@@ -43,7 +43,13 @@ def render_process_table(
     processes: list[LaunchProcess],
     default_type: str | None,
 ) -> bytes:
-    """``launch.sh``: buildpacks (escaped id, API) in group order and one ``case`` arm per process."""
+    """``launch.sh``: buildpacks (escaped id, API) in group order and one ``case`` arm per process.
+
+    Each arm keeps ``command`` and ``args`` apart and carries the API of the buildpack that
+    contributed the process, because the launcher decides from both how user arguments combine
+    with the process's own (``cnb_api`` is empty when that buildpack is not in the group).
+    """
+    apis = dict(buildpacks)
     lines = [
         "# Written by ocibuild's exporter; read by /cnb/lifecycle/launcher (ocibuild's sh launcher).",
         f"CNB_DEFAULT_PROCESS={_q(default_type or '')}",
@@ -52,12 +58,14 @@ def render_process_table(
         '\tcase "$1" in',
     ]
     for proc in processes:
-        words = " ".join(_q(w) for w in (*proc.command, *proc.args))
+        escaped_bp = proc.buildpack_id.replace("/", "_")
         lines.append(f"\t{_q(proc.type)})")
-        lines.append(f"\t\tcnb_argv={_q(words)}")
+        lines.append(f"\t\tcnb_cmd={_q(' '.join(_q(w) for w in proc.command))}")
+        lines.append(f"\t\tcnb_args={_q(' '.join(_q(w) for w in proc.args))}")
         lines.append(f"\t\tcnb_direct={'true' if proc.direct else 'false'}")
         lines.append(f"\t\tcnb_workdir={_q(proc.working_dir)}")
-        lines.append(f"\t\tcnb_bp={_q(proc.buildpack_id.replace('/', '_'))}")
+        lines.append(f"\t\tcnb_bp={_q(proc.buildpack_id)}")
+        lines.append(f"\t\tcnb_api={_q(apis.get(escaped_bp, ''))}")
         lines.append("\t\t;;")
     lines += ["\t*) return 1 ;;", "\tesac", "}", ""]
     return "\n".join(lines).encode("utf-8")

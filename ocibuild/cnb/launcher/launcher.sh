@@ -15,14 +15,80 @@ cnb_self=$0
 cnb_base=${0##*/}
 
 [ -r "$cnb_layers/config/launch.sh" ] || cnb_die "no process table at $cnb_layers/config/launch.sh"
-# Defines CNB_DEFAULT_PROCESS, CNB_BUILDPACKS ("<escaped-id> <api>" lines) and cnb_process TYPE.
+# Defines CNB_DEFAULT_PROCESS, CNB_BUILDPACKS ("<escaped-id> <api>" lines) and cnb_process TYPE,
+# which (for a known TYPE) sets cnb_cmd and cnb_args (quoted words), cnb_direct, cnb_workdir,
+# cnb_bp (the contributing buildpack's id) and cnb_api (its API; empty: not in the group).
 . "$cnb_layers/config/launch.sh"
 
-# The process: from /cnb/process/<type> (argv[0]), else CNB_PROCESS_TYPE, else the default.
-if [ "$cnb_base" != launcher ]; then
-	cnb_type=$cnb_base
+cnb_nl='
+'
+cnb_tab='	'
+
+# API versions are <major>.<minor>; is $1 older than $2? An unparseable $1 counts as 0.2, the
+# lifecycle's fallback for a buildpack that declares no API.
+cnb_api_lt() {
+	cnb_x=$1
+	case "$cnb_x" in
+	[0-9]*.[0-9]*) ;;
+	*) cnb_x=0.2 ;;
+	esac
+	cnb_x1=${cnb_x%%.*} cnb_x2=${cnb_x#*.}
+	cnb_x2=${cnb_x2%%.*}
+	case "$cnb_x1$cnb_x2" in *[!0-9]*) cnb_x1=0 cnb_x2=2 ;; esac
+	cnb_y1=${2%%.*} cnb_y2=${2#*.}
+	[ "$cnb_x1" -lt "$cnb_y1" ] || { [ "$cnb_x1" -eq "$cnb_y1" ] && [ "$cnb_x2" -lt "$cnb_y2" ]; }
+}
+
+# Append each argument, single-quoted for eval, to cnb_q.
+cnb_quote() {
+	for cnb_a in "$@"; do
+		cnb_r=
+		while :; do
+			case "$cnb_a" in
+			*\'*)
+				cnb_r="$cnb_r${cnb_a%%\'*}'\\''"
+				cnb_a=${cnb_a#*\'}
+				;;
+			*)
+				cnb_r=$cnb_r$cnb_a
+				break
+				;;
+			esac
+		done
+		cnb_q="$cnb_q '$cnb_r'"
+	done
+}
+
+cnb_platform=${CNB_PLATFORM_API:-0.3}
+case "$cnb_platform" in
+[0-9]*.[0-9]*) ;;
+*) cnb_die "platform API $cnb_platform is not a version" ;;
+esac
+
+# The default process (the lifecycle's defaultProcessType). Platform API < 0.4: CNB_PROCESS_TYPE,
+# else web. Later: the process named like the launcher's argv[0] (/cnb/process/<type>); invoked
+# as "launcher" there is none and the arguments are the command.
+cnb_type=
+if cnb_api_lt "$cnb_platform" 0.4; then
+	cnb_want=${CNB_PROCESS_TYPE:-web}
+	if [ $# -eq 0 ]; then
+		cnb_process "$cnb_want" || cnb_die "process type $cnb_want was not found"
+		cnb_type=$cnb_want
+	elif [ $# -eq 1 ] && cnb_process "$1"; then
+		cnb_type=$1
+		shift
+	fi
+	cnb_legacy=true
 else
-	cnb_type=${CNB_PROCESS_TYPE:-$CNB_DEFAULT_PROCESS}
+	if [ -n "${CNB_PROCESS_TYPE:-}" ]; then
+		printf 'Warning: CNB_PROCESS_TYPE is not supported in Platform API %s\n' "$cnb_platform" >&2
+		printf "Warning: Run with ENTRYPOINT '%s' to invoke the '%s' process type\n" \
+			"$CNB_PROCESS_TYPE" "$CNB_PROCESS_TYPE" >&2
+	fi
+	cnb_want=$cnb_base
+	case "$cnb_want" in ?*.*) cnb_want=${cnb_want%.*} ;; esac
+	cnb_process "$cnb_want" && cnb_type=$cnb_want
+	cnb_legacy=false
 fi
 
 # The process's environment is the image's, less the variables that only steer the launcher.
@@ -40,17 +106,36 @@ PATH=$cnb_path
 export PATH
 unset CNB_LAYERS_DIR CNB_APP_DIR CNB_PROCESS_TYPE CNB_PLATFORM_API CNB_DEPRECATION_MODE
 
+# The argv: the process's command and args combined with the user's arguments as the lifecycle's
+# ProcessFor does, or (no default process) the user's arguments alone.
 if [ -n "$cnb_type" ]; then
-	cnb_process "$cnb_type" || cnb_die "process type $cnb_type was not found"
-	# cnb_process set: cnb_argv (quoted words), cnb_direct, cnb_workdir, cnb_bp (escaped id)
-	eval "set -- $cnb_argv \"\$@\""
+	cnb_q=
+	cnb_quote "$@"
+	cnb_user=$cnb_q
+	cnb_nuser=$#
+	eval "set -- $cnb_cmd"
+	if [ "$cnb_legacy" = true ] || [ "$cnb_nuser" -eq 0 ]; then
+		cnb_argv="$cnb_cmd $cnb_args"
+	elif cnb_api_lt "$cnb_platform" 0.10; then
+		cnb_argv="$cnb_cmd $cnb_args $cnb_user"
+	elif [ $# -gt 1 ]; then
+		# A command with arguments (buildpack API >= 0.9): those always stay; user args replace args.
+		cnb_argv="$cnb_cmd $cnb_user"
+	elif [ -z "$cnb_api" ]; then
+		cnb_die "failed to find buildpack for process $cnb_type with buildpack ID $cnb_bp"
+	elif cnb_api_lt "$cnb_api" 0.9; then
+		cnb_argv="$cnb_cmd $cnb_args $cnb_user"
+	else
+		cnb_argv="$cnb_cmd $cnb_user"
+	fi
+	eval "set -- $cnb_argv"
 elif [ $# -eq 0 ]; then
 	cnb_die "when there is no default process a command is required"
 elif [ "$1" = "--" ] && [ $# -gt 1 ]; then
 	shift
-	cnb_direct=true cnb_workdir= cnb_bp=
+	cnb_direct=true cnb_workdir=
 else
-	cnb_direct=false cnb_workdir= cnb_bp=
+	cnb_direct=false cnb_workdir=
 fi
 
 # Prepend $1 to the variable named $2 with delimiter $3 (no delimiter when the variable is empty).
@@ -103,34 +188,29 @@ cnb_env_dir() {
 	done
 }
 
-# Buildpacks in group order; in each, layer directories in name order (as the lifecycle lists them).
-cnb_version_lt_05() {
-	case "$1" in
-	0.[0-4] | 0.[0-4].*) return 0 ;;
-	*) return 1 ;;
-	esac
-}
-
-cnb_each_layer() { # $1: a function called with (layer dir, default action, escaped bp id)
-	printf '%s\n' "$CNB_BUILDPACKS" | while read -r cnb_id cnb_api; do
+# Buildpacks in group order; in each, layer directories in name order (as the lifecycle lists
+# them). One line per layer: "<dir><TAB><default env action><TAB><exec.d: yes|no>".
+cnb_each_layer() {
+	printf '%s\n' "$CNB_BUILDPACKS" | while read -r cnb_id cnb_bpapi; do
 		[ -n "$cnb_id" ] || continue
 		[ -d "$cnb_layers/$cnb_id" ] || continue
-		if cnb_version_lt_05 "$cnb_api"; then cnb_def=prepend-path; else cnb_def=override; fi
+		if [ -n "$cnb_bpapi" ] && cnb_api_lt "$cnb_bpapi" 0.5; then cnb_def=prepend-path; else cnb_def=override; fi
+		# exec.d: buildpack API >= 0.5 (none for a buildpack without an API).
+		if [ -n "$cnb_bpapi" ] && ! cnb_api_lt "$cnb_bpapi" 0.5; then cnb_x=yes; else cnb_x=no; fi
 		for cnb_l in "$cnb_layers/$cnb_id"/*; do
 			[ -d "$cnb_l" ] || continue
-			printf '%s\t%s\n' "$cnb_l" "$cnb_def"
+			printf '%s\t%s\t%s\n' "$cnb_l" "$cnb_def" "$cnb_x"
 		done
 	done
 }
 
 cnb_layer_list=$(cnb_each_layer)
-cnb_nl='
-'
 IFS=$cnb_nl
 for cnb_entry in $cnb_layer_list; do
 	IFS=$cnb_ifs
 	cnb_l=${cnb_entry%%	*}
 	cnb_def=${cnb_entry#*	}
+	cnb_def=${cnb_def%%	*}
 	[ -d "$cnb_l/bin" ] && cnb_prepend "$cnb_l/bin" PATH :
 	[ -d "$cnb_l/lib" ] && cnb_prepend "$cnb_l/lib" LD_LIBRARY_PATH :
 	cnb_env_dir "$cnb_l/env" "$cnb_def"
@@ -140,6 +220,87 @@ done
 IFS=$cnb_ifs
 
 cd "$cnb_app" || cnb_die "cannot change to the app directory $cnb_app"
+
+# exec.d (buildpack API >= 0.5), after the env directories and before profile.d: every file in
+# each layer's exec.d/ and then exec.d/<type>/ runs in the environment so far, writing TOML
+# (KEY = "value" lines) to fd 3; each key then overrides the variable for what follows.
+cnb_toml_fail() {
+	cnb_die "exec.d $cnb_f: line $cnb_ln: unsupported TOML (only KEY = \"string\" lines): $cnb_line"
+}
+
+# cnb_s starts just after an opening '"': decode the basic string into cnb_val, rest in cnb_s.
+cnb_toml_basic() {
+	cnb_val=
+	while :; do
+		cnb_chunk=${cnb_s%%[\\\"]*}
+		[ "$cnb_chunk" != "$cnb_s" ] || cnb_toml_fail
+		cnb_val=$cnb_val$cnb_chunk
+		cnb_s=${cnb_s#"$cnb_chunk"}
+		case "$cnb_s" in
+		\"*)
+			cnb_s=${cnb_s#?}
+			return 0
+			;;
+		\\\\*) cnb_val="$cnb_val\\" ;;
+		\\\"*) cnb_val="$cnb_val\"" ;;
+		\\n*) cnb_val=$cnb_val$cnb_nl ;;
+		\\t*) cnb_val=$cnb_val$cnb_tab ;;
+		*) cnb_toml_fail ;;
+		esac
+		cnb_s=${cnb_s#??}
+	done
+}
+
+# Export every KEY = "value" line of the TOML text $1.
+cnb_toml_export() {
+	cnb_ln=0
+	while IFS= read -r cnb_line || [ -n "$cnb_line" ]; do
+		cnb_ln=$((cnb_ln + 1))
+		cnb_s=${cnb_line#"${cnb_line%%[! 	]*}"}
+		case "$cnb_s" in '' | '#'*) continue ;; esac
+		cnb_key=${cnb_s%%[ 	=]*}
+		case "$cnb_key" in '' | [0-9]* | *[!A-Za-z0-9_]*) cnb_toml_fail ;; esac
+		cnb_s=${cnb_s#"$cnb_key"}
+		cnb_s=${cnb_s#"${cnb_s%%[! 	]*}"}
+		case "$cnb_s" in =*) cnb_s=${cnb_s#=} ;; *) cnb_toml_fail ;; esac
+		cnb_s=${cnb_s#"${cnb_s%%[! 	]*}"}
+		case "$cnb_s" in
+		'"""'*) cnb_toml_fail ;;
+		\"*)
+			cnb_s=${cnb_s#?}
+			cnb_toml_basic
+			;;
+		*) cnb_toml_fail ;;
+		esac
+		cnb_s=${cnb_s#"${cnb_s%%[! 	]*}"}
+		case "$cnb_s" in '' | '#'*) ;; *) cnb_toml_fail ;; esac
+		export "$cnb_key=$cnb_val"
+	done <<CNB_EOF
+$1
+CNB_EOF
+}
+
+cnb_exec_d() { # $1: a directory; runs its files in name order
+	[ -d "$1" ] || return 0
+	for cnb_f in "$1"/*; do
+		[ -e "$cnb_f" ] || [ -L "$cnb_f" ] || continue
+		[ -d "$cnb_f" ] && continue
+		# fd 3 is the command substitution's pipe; the executable's stdout stays the launcher's
+		# (through fd 9, saved and restored around the group so the app inherits its own fd 9).
+		{ cnb_out=$("$cnb_f" 3>&1 1>&9 9>&-); } 9>&1 || cnb_die "exec.d $cnb_f failed (exit status $?)"
+		cnb_toml_export "$cnb_out"
+	done
+}
+
+IFS=$cnb_nl
+for cnb_entry in $cnb_layer_list; do
+	IFS=$cnb_ifs
+	case "$cnb_entry" in *"	yes") ;; *) continue ;; esac
+	cnb_l=${cnb_entry%%	*}
+	cnb_exec_d "$cnb_l/exec.d"
+	[ -n "$cnb_type" ] && cnb_exec_d "$cnb_l/exec.d/$cnb_type"
+done
+IFS=$cnb_ifs
 
 if [ "$cnb_direct" = true ]; then
 	cd "${cnb_workdir:-$cnb_app}" || cnb_die "cannot change directory to $cnb_workdir"
