@@ -148,6 +148,8 @@ def test_legacy_platform_picks_the_process_by_env_or_argument(shell: str, tmp_pa
     assert (proc.returncode, proc.stdout) == (0, "x\n"), proc.stderr
     proc = _exec(shell, tmp_path, "launcher", env=legacy)  # default: web
     assert proc.returncode == 0 and "WEB_ONLY=w" in proc.stdout, proc.stderr
+    proc = _exec(shell, tmp_path, "web", env={"CNB_PLATFORM_API": "0.12x"})
+    assert proc.stderr == "ERROR: launcher: platform API 0.12x is not <major>.<minor>\n"
 
 
 @pytest.mark.parametrize(("name", "args", "platform", "out"), [
@@ -159,6 +161,7 @@ def test_legacy_platform_picks_the_process_by_env_or_argument(shell: str, tmp_pa
     ("new", ["u 1"], "0.9", "dflt u 1"),  # Platform API < 0.10: always appended
     ("always", ["u 1"], "0.9", "always 1 dflt u 1"),
     ("orphan", [], "0.12", "dflt"),
+    ("new", ["it's", "$V", ""], "0.12", "it's $V "),  # passed verbatim, empty ones kept
 ])
 def test_user_args_follow_the_buildpack_api(shell: str, tmp_path: Path, name: str, args: list[str],
                                             platform: str, out: str) -> None:

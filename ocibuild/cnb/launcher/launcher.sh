@@ -61,8 +61,9 @@ cnb_quote() {
 
 cnb_platform=${CNB_PLATFORM_API:-0.3}
 case "$cnb_platform" in
-[0-9]*.[0-9]*) ;;
-*) cnb_die "platform API $cnb_platform is not a version" ;;
+*[!0-9.]* | .* | *. | *.*.*) cnb_die "platform API $cnb_platform is not <major>.<minor>" ;;
+*.*) ;;
+*) cnb_die "platform API $cnb_platform is not <major>.<minor>" ;;
 esac
 
 # The default process (the lifecycle's defaultProcessType). Platform API < 0.4: CNB_PROCESS_TYPE,
