@@ -115,10 +115,20 @@ def copy(
             return desc
 
 
-def manifest(ref: str, *, registry: str | None = None, options: Any = None) -> tuple[Descriptor, bytes]:
-    """The exact manifest bytes ``ref`` names (verified), and their descriptor."""
+def manifest(
+    ref: str, *, platform: Platform | None = None, registry: str | None = None, options: Any = None
+) -> tuple[Descriptor, bytes]:
+    """The exact manifest bytes ``ref`` names (verified), and their descriptor.
+
+    With ``platform``, an index is followed to that platform's image and the image manifest's own
+    bytes are returned (``crane manifest --platform``); an image manifest is returned as it is.
+    """
     with open_image(ref, registry=registry, options=options) as (store, identifier):
-        return store.get_manifest(_require_identifier(store, identifier, ref))
+        desc, raw = store.get_manifest(_require_identifier(store, identifier, ref))
+        if platform is None:
+            return desc, raw
+        image_desc, doc = _image_manifest(store, desc, raw, platform)
+        return image_desc, doc.raw
 
 
 def digest(ref: str, *, registry: str | None = None, options: Any = None) -> Digest:

@@ -148,3 +148,28 @@ def test_failed_copy_mutate_append_leave_no_new_layout(tmp_path: Path, base: Lay
     # success still creates it
     assert cli("copy", f"oci:{base.path}:latest", f"oci:{tmp_path / 'c'}").exit_code == 0
     assert LayoutStore(tmp_path / "c").tags() == ["latest"]
+
+
+# -- 2. inspect --raw --platform ----------------------------------------------------------------------
+def test_inspect_raw_with_platform_prints_the_child_manifest(tmp_path: Path) -> None:
+    store = LayoutStore(tmp_path / "idx", create=True)
+    built, children = index(store, "multi", tag="multi")
+    ref = f"oci:{store.path}:multi"
+    assert cli("inspect", "--raw", ref).stdout_bytes == built.raw  # no platform: the index itself
+    arm = cli("inspect", "--raw", "--platform", "linux/arm64", ref)
+    assert arm.exit_code == 0, arm.output
+    assert arm.stdout_bytes == children[1].raw
+    assert cli("inspect", "--raw", "--platform", "linux/amd64", ref).stdout_bytes == children[0].raw
+    assert cli("manifest", "--platform", "linux/arm64", ref).stdout_bytes == children[1].raw
+    # an image manifest is printed as it is, whatever --platform says (crane manifest --platform)
+    single = f"oci:{store.path}@{children[0].desc.digest}"
+    assert cli("inspect", "--raw", "--platform", "linux/amd64", single).stdout_bytes == children[0].raw
+    missing = one_line_error(cli("inspect", "--raw", "--platform", "linux/s390x", ref))
+    assert "no image for platform linux/s390x" in missing
+
+
+def test_inspect_raw_and_json_are_refused(tmp_path: Path) -> None:
+    store = LayoutStore(tmp_path / "idx", create=True)
+    index(store, "multi", tag="multi")
+    line = one_line_error(cli("inspect", "--raw", "--json", f"oci:{store.path}:multi"), exit_code=2)
+    assert "--raw and --json" in line

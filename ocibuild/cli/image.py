@@ -83,7 +83,7 @@ def inspect(
     ctx: typer.Context,
     ref: str = typer.Argument(..., metavar="REF"),
     platform: Optional[str] = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]", help="Describe this image of an index."),
-    raw: bool = typer.Option(False, "--raw", help="Print the exact manifest bytes."),
+    raw: bool = typer.Option(False, "--raw", help="Print the exact manifest bytes (with --platform: that image's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Describe an image: digest, media type, platforms, layers, config."""
@@ -91,7 +91,11 @@ def inspect(
 
     opts = global_options(ctx)
     if raw:
-        _, data = api.manifest(ref, **opts.store_args())
+        if as_json:
+            from ocibuild.errors import UsageError
+
+            raise UsageError("--raw and --json exclude each other (the raw manifest is JSON already)")
+        _, data = api.manifest(ref, platform=_platform(platform), **opts.store_args())
         emit_bytes(data)
         return
     info = api.inspect(ref, platform=_platform(platform), **opts.store_args())
@@ -145,11 +149,16 @@ def _print_summary(info: dict[str, Any]) -> None:
             emit(line)
 
 
-def manifest(ctx: typer.Context, ref: str = typer.Argument(..., metavar="REF")) -> None:
+def manifest(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="REF"),
+    platform: Optional[str] = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]",
+                                           help="For an index: print that platform's image manifest."),
+) -> None:
     """Print the exact manifest (or index) bytes."""
     from ocibuild import api
 
-    _, data = api.manifest(ref, **global_options(ctx).store_args())
+    _, data = api.manifest(ref, platform=_platform(platform), **global_options(ctx).store_args())
     emit_bytes(data)
 
 
