@@ -285,7 +285,7 @@ cnb_exec_d() { # $1: a directory; runs its files in name order
 	[ -d "$1" ] || return 0
 	for cnb_f in "$1"/*; do
 		[ -e "$cnb_f" ] || [ -L "$cnb_f" ] || continue
-		[ -d "$cnb_f" ] && continue
+		[ -d "$cnb_f" ] && [ ! -L "$cnb_f" ] && continue # as the lifecycle: a symlink is run
 		# fd 3 is the command substitution's pipe; the executable's stdout stays the launcher's
 		# (through fd 9, saved and restored around the group so the app inherits its own fd 9).
 		{ cnb_out=$("$cnb_f" 3>&1 1>&9 9>&-); } 9>&1 || cnb_die "exec.d $cnb_f failed (exit status $?)"
