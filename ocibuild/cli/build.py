@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -47,6 +49,61 @@ def _creation_time(value: str | None) -> int | None:
     return int(value)
 
 
+def _detect_report(log: tuple[str, ...], verbose: bool) -> str:
+    """What a failed detection shows before its error line, as the lifecycle logs it.
+
+    ``-v``: the whole log (every buildpack's ``======== Output: id@version ========`` block and every
+    group's ``======== Results ========``). Otherwise only what errored: the output of each buildpack
+    whose bin/detect errored (once, though several groups may have tried it) and its ``err:`` line.
+    """
+    from ocibuild.cnb.detect import NO_GROUP_MESSAGE
+
+    if verbose:
+        return "\n".join(line for line in log if line != NO_GROUP_MESSAGE)
+    errored = {line[4:].strip().split(" (")[0] for line in log if line.startswith("err:")}
+    if not errored:
+        return ""
+    out: list[str] = []
+    seen: set[tuple[str, ...]] = set()
+    results: list[str] = []
+    header: str | None = None
+    body: list[str] = []
+
+    def flush() -> None:
+        if header is None:
+            return
+        name = header.split(": ", 1)[1].rsplit(" ========", 1)[0] if ": " in header else ""
+        block = (header, *body)
+        if name in errored and block not in seen:
+            seen.add(block)
+            out.extend(block)
+
+    for line in log:
+        if line.startswith("======== Output: ") or line.startswith("======== Error: "):
+            flush()
+            header, body = line, []
+        elif line == "======== Results ========":
+            flush()
+            header, body = None, []
+        elif line.startswith("err:"):
+            if line not in results:
+                results.append(line)
+        elif header is not None:
+            body.append(line)
+    flush()
+    return "\n".join([*out, "======== Results ========", *results])
+
+
+def _run_build(run_build, options, quiet: bool):  # noqa: ANN001, ANN202
+    """The pipeline with its notes on stderr; ``quiet`` drops them and the buildpacks' output too."""
+    if not quiet:
+        return run_build(options, say=lambda msg: note(msg))
+    # Buildpack output is written to whatever sys.stderr is when bin/build ends; the error line of a
+    # failed build is printed after this block, on the real stderr.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        return run_build(options, say=lambda _msg: None)
+
+
 def build(
     ctx: typer.Context,
     image: str = typer.Argument(..., metavar="IMAGE", help="Where the app image goes: REF or oci:DIR:TAG"),
@@ -68,18 +125,21 @@ def build(
     workspace: str = typer.Option("/workspace", "--workspace", help="Where buildpacks and the image see the app."),
     layers_dir: str = typer.Option("/layers", "--layers-dir", help="Where buildpacks and the image see the layers."),
     scratch: Optional[Path] = typer.Option(None, "--scratch", envvar="OCIBUILD_SCRATCH", help="Scratch directory (layout, ledger, cache)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show phase timings."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show phase timings and the whole detection log."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    quiet_flag: bool = typer.Option(False, "--quiet", "-q", help="Print only the digest (also a global option)."),
 ) -> None:
     """Build IMAGE from an app directory with Cloud Native Buildpacks; prints the image digest last."""
     from ocibuild.cnb.pipeline import BuildOptions
     from ocibuild.cnb.pipeline import build as run_build
     from ocibuild.oci.descriptor import Platform
 
+    from ocibuild.cnb.errors import DetectFailed
+
     opts = global_options(ctx)
-    quiet = opts.quiet
-    outcome = run_build(
-        BuildOptions(
+    quiet = opts.quiet or quiet_flag
+    try:
+        outcome = _run_build(run_build, BuildOptions(
             image=image, path=path, builder=builder, buildpacks=tuple(buildpack), env=_env(env, env_file),
             run_image=run_image, tags=tuple(tag), cache_image=cache_image, cache_dir=cache_dir,
             clear_cache=clear_cache, default_process=default_process,
@@ -87,9 +147,13 @@ def build(
             platform=Platform.parse(platform) if platform else None, sbom_output_dir=sbom_output_dir,
             scratch=scratch, descriptor=descriptor, workspace=workspace, layers_dir=layers_dir,
             default_registry=opts.registry, registry_options=opts.registry_options(),
-        ),
-        say=lambda msg: note(msg, quiet),
-    )
+        ), quiet)
+    except DetectFailed as err:
+        report = _detect_report(err.log, verbose) if verbose or not quiet else ""
+        if report:
+            sys.stderr.write(report.rstrip("\n") + "\n")
+            sys.stderr.flush()
+        raise
     if as_json:
         emit_json(outcome.__dict__)
         return

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Any, Optional
 
@@ -36,12 +39,83 @@ def _debug_requested(ctx: typer.Context) -> bool:
     return "--debug" in sys.argv[1:]
 
 
+#: Exit status of a process whose stdout reader went away, as a shell reports one killed by SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+#: Signals that stop a command the way Ctrl-C does (CI cancels jobs with SIGTERM; SIGHUP: the terminal closed).
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM/SIGHUP, so every ``finally`` runs as it does for Ctrl-C
+    (the build's lease is released and its scratch collected; the buildpack's process group stopped)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    # Once: a second SIGTERM (CI runners often repeat it) must not cut the clean-up short.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _ignore)
+    raise Interrupted(signum)
+
+
+def _ignore(_signum: int, _frame: Any) -> None:
+    """A Python-level no-op (not SIG_IGN, which buildpacks started during clean-up would inherit)."""
+
+
+def _install_stop_handlers() -> dict[int, Any]:
+    """Route SIGTERM/SIGHUP to ``Interrupted``; returns the previous handlers. Signals the caller set
+    to be ignored (``nohup``) stay ignored; nothing is installed off the main thread (in-process tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous: dict[int, Any] = {}
+    for sig in STOP_SIGNALS:
+        current = signal.getsignal(sig)
+        if current == signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, _raise_interrupted)
+    return previous
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 class OCIBuildGroup(TyperGroup):
-    """Turns ``OCIBuildError`` into one line on stderr and its exit code; ``--debug`` adds the traceback."""
+    """Turns ``OCIBuildError`` into one line on stderr and its exit code; ``--debug`` adds the traceback.
+
+    SIGTERM/SIGHUP take Ctrl-C's path while a command runs; an interrupted command prints one line
+    and exits 128 + the signal number (143 for SIGTERM, 130 for SIGINT). A reader that closed our
+    stdout (``| head -1``) ends the command silently with 141, as Go tools killed by SIGPIPE do.
+    """
 
     def invoke(self, ctx: Any) -> Any:
+        previous = _install_stop_handlers()
+        try:
+            return self._invoke(ctx)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as stop:
+            signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+            if _debug_requested(ctx):
+                traceback.print_exc()
+            error_line(f"interrupted ({signal.Signals(signum).name})")
+            raise typer.Exit(128 + signum) from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except OCIBuildError as err:
             if _debug_requested(ctx):
                 traceback.print_exc()
@@ -111,7 +185,13 @@ app = build_app()
 def run() -> None:
     """Console-script entry point."""
     try:
-        app(prog_name="ocibuild")
+        try:
+            app(prog_name="ocibuild")
+        finally:
+            sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is ours to handle
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(EXIT_BROKEN_PIPE)
     finally:
         # The command is over and has closed what it opened (files, ledger, sessions). Freezing moves
         # every object to the permanent generation, so the interpreter's last cycle collection, which

@@ -12,14 +12,20 @@ The helper is ``_mountns.py`` run by this interpreter with ``-I -S`` (no site, ~
 ``mount(2)`` calls through ctypes, not one ``mount`` process per top-level entry, so a sandboxed run
 costs about what a plain one does. It reports a failed set-up on a status pipe that closes on exec,
 so the first run tells whether a namespace can be had; no separate probe run.
+
+Every run starts in a session (and process group) of its own, so that an interrupted build can stop
+the buildpack and everything it started: a CI job cancelled with SIGTERM signals ocibuild alone, and
+a ``sleep`` a bin/build backgrounded would otherwise outlive the build.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -27,10 +33,12 @@ from typing import Mapping, Sequence
 from ocibuild.cnb import _mountns
 from ocibuild.cnb.errors import SandboxUnavailable
 
-__all__ = ["Sandbox", "SandboxUnavailable", "prepare_sandbox"]
+__all__ = ["Sandbox", "SandboxUnavailable", "prepare_sandbox", "stop_group"]
 
 #: The helper script (standard library only), run by path so that it never imports ocibuild.
 _HELPER = Path(_mountns.__file__)
+#: Seconds an interrupted buildpack's process group has between SIGTERM and SIGKILL.
+STOP_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -81,20 +89,31 @@ class Sandbox:
         Raises ``SandboxUnavailable`` when the mount namespace cannot be set up here.
         """
         if self.mode == "direct":
-            return subprocess.run(list(argv), cwd=cwd, env=dict(env), stdout=stdout, stderr=stderr, check=False)
+            with subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=stdout, stderr=stderr,
+                                  start_new_session=True) as proc:
+                try:
+                    out, err = proc.communicate()
+                except BaseException:
+                    stop_group(proc)
+                    raise
+            return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         with tempfile.TemporaryDirectory(prefix="ocibuild-root-") as root_dir:
             read_end, write_end = os.pipe()
             try:
                 with subprocess.Popen(
                     self.command(argv, cwd, Path(root_dir), write_end),
-                    env=dict(env), stdout=stdout, stderr=stderr, pass_fds=(write_end,),
+                    env=dict(env), stdout=stdout, stderr=stderr, pass_fds=(write_end,), start_new_session=True,
                 ) as proc:
-                    os.close(write_end)
-                    write_end = -1
-                    with os.fdopen(read_end, "rb") as status:
-                        read_end = -1
-                        reason = status.read().decode("utf-8", "replace")  # EOF at exec or exit
-                    out, err = proc.communicate()
+                    try:
+                        os.close(write_end)
+                        write_end = -1
+                        with os.fdopen(read_end, "rb") as status:
+                            read_end = -1
+                            reason = status.read().decode("utf-8", "replace")  # EOF at exec or exit
+                        out, err = proc.communicate()
+                    except BaseException:
+                        stop_group(proc)
+                        raise
             finally:
                 for fd in (read_end, write_end):
                     if fd >= 0:
@@ -102,6 +121,59 @@ class Sandbox:
         if reason and proc.returncode == _mountns.SETUP_FAILED:
             raise _unavailable(self, reason)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
+    """Stop the process group ``proc`` leads (its own session): SIGTERM, then SIGKILL after ``grace``.
+
+    Waits for ``proc`` itself; the rest of the group (children it started) are signalled, and the
+    SIGKILL goes out if any of them is still there when the grace is over.
+    """
+    pgid = proc.pid
+    if not _signal_group(pgid, signal.SIGTERM):
+        proc.wait()
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _group_alive(pgid):
+            return
+        time.sleep(0.02)
+    _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a member changed its credentials (setuid)
+        return True
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still runs (zombies waiting for a reaper do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover
+        return True
+    try:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != b"Z":
+                return True
+    except OSError:  # pragma: no cover - no /proc: trust kill(0)
+        return True
+    return False
 
 
 def _unavailable(sandbox: Sandbox, reason: str) -> SandboxUnavailable:

@@ -1,0 +1,197 @@
+"""How ``ocibuild build`` ends when it is stopped or its output goes nowhere, and what it shows.
+
+SIGTERM/SIGHUP (a cancelled CI job, a closed terminal) clean up as Ctrl-C does: the lease is
+released, its ephemeral builder collected, the work directory removed and the buildpack's whole
+process group stopped. Detection failures show the buildpacks' output; ``build -q`` prints only the
+digest; a closed stdout pipe ends a command silently (141). Buildpacks are written per test into
+``tmp_path``: real scripts run by the real sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HELLO = REPO / "examples" / "hello"
+PROCFILE = "ocibuild/procfile@0.1.0"
+
+
+def _env(scratch: Path) -> dict[str, str]:
+    return dict(os.environ, OCIBUILD_SCRATCH=str(scratch))
+
+
+def ocibuild(*args: str, scratch: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "ocibuild.cli.main", *args], capture_output=True, text=True,
+                          env=_env(scratch), timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ocibuild {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def write_buildpack(root: Path, name: str, detect: str, build: str = "exit 0") -> Path:
+    """A buildpack directory with shell bin/detect and bin/build (API 0.10)."""
+    bp = root / name
+    (bp / "bin").mkdir(parents=True)
+    (bp / "buildpack.toml").write_text(
+        f'api = "0.10"\n\n[buildpack]\nid = "test/{name}"\nversion = "1.0.0"\nname = "test {name}"\n'
+    )
+    for script, body in (("detect", detect), ("build", build)):
+        path = bp / "bin" / script
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    return bp
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper is not running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
+
+
+def ephemeral_rows(scratch: Path) -> list:
+    rows = json.loads(ocibuild("ledger", "--ephemeral", "--json", scratch=scratch).stdout)
+    return rows if isinstance(rows, list) else rows.get("objects", rows)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    dest = tmp_path / "app"
+    shutil.copytree(HELLO, dest)
+    return dest
+
+
+# -- 1. SIGTERM / SIGHUP ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_stop_signal_mid_build_cleans_up_like_ctrl_c(tmp_path: Path, app: Path, signum: int, code: int) -> None:
+    pids = tmp_path / "pids"
+    # bin/build backgrounds a sleep and waits: the shell dies of the signal, the sleep would not.
+    sleepy = write_buildpack(tmp_path / "bps", "sleepy", "exit 0",
+                             f"sleep 30 &\necho $$ $! > {pids}.tmp\nmv {pids}.tmp {pids}\nwait")
+    scratch = tmp_path / "scratch"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ocibuild.cli.main", "build", f"oci:{tmp_path}/out:app", "--path", str(app),
+         "--buildpack", str(sleepy), "--buildpack", PROCFILE],
+        env=_env(scratch), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not pids.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the buildpack never started"
+            time.sleep(0.05)
+        shell, sleeper = (int(x) for x in pids.read_text().split())
+        assert alive(sleeper)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert proc.returncode == code, err
+    assert out == ""
+    last = err.strip().splitlines()[-1]
+    assert last == f"ocibuild: error: interrupted ({signal.Signals(signum).name})", err
+    assert "Traceback" not in err
+    assert not alive(shell) and not alive(sleeper), "a buildpack process outlived the build"
+    assert ephemeral_rows(scratch) == []
+    assert not any((scratch / "work").iterdir())
+    fsck = ocibuild("fsck", "--json", scratch=scratch, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+# -- 2. Detection output ------------------------------------------------------------------------------
+
+def test_errored_detect_shows_its_output_and_results_before_the_error(tmp_path: Path, app: Path) -> None:
+    boom = write_buildpack(tmp_path / "bps", "boom", 'echo "boom: cannot read $PWD/nothing" >&2\nexit 3')
+    proc = ocibuild("build", f"oci:{tmp_path}/out:app", "--path", str(app), "--buildpack", str(boom),
+                    scratch=tmp_path / "scratch", check=False)
+    assert proc.returncode == 21, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("ocibuild: error: No buildpack groups passed detection."), proc.stderr
+    start = lines.index("======== Output: test/boom@1.0.0 ========")
+    assert lines[start + 1] == "boom: cannot read /workspace/nothing"
+    assert lines[start + 2:start + 4] == ["======== Results ========", "err:  test/boom@1.0.0 (3)"]
+    assert proc.stderr.count("======== Output: test/boom@1.0.0 ========") == 1
+    assert proc.stdout == ""
+
+
+def test_failed_detect_shows_everything_with_verbose_and_nothing_without(tmp_path: Path, app: Path) -> None:
+    nope = write_buildpack(tmp_path / "bps", "nope", 'echo "nope: no Nopefile"\nexit 100')
+    args = ("build", f"oci:{tmp_path}/out:app", "--path", str(app), "--buildpack", str(nope))
+    plain = ocibuild(*args, scratch=tmp_path / "scratch", check=False)
+    assert plain.returncode == 20, plain.stderr
+    assert "======== " not in plain.stderr  # lifecycle: fail lines and outputs are debug-level
+    verbose = ocibuild(*args, "-v", scratch=tmp_path / "scratch", check=False)
+    assert verbose.returncode == 20, verbose.stderr
+    lines = verbose.stderr.strip().splitlines()
+    i = lines.index("======== Output: test/nope@1.0.0 ========")
+    assert lines[i + 1:i + 4] == ["nope: no Nopefile", "======== Results ========", "fail: test/nope@1.0.0"]
+    assert lines[-1] == "ocibuild: error: No buildpack groups passed detection."
+
+
+# -- 3. build -q ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["command", "global"])
+def test_quiet_build_prints_only_the_digest(tmp_path: Path, app: Path, where: str) -> None:
+    loud = write_buildpack(tmp_path / "bps", "loud", 'echo "LOUD DETECT"; echo "LOUD DETECT ERR" >&2; exit 0',
+                           'echo "LOUD BUILD"; echo "LOUD BUILD ERR" >&2')
+    args = ["build", f"oci:{tmp_path}/out:app", "--path", str(app), "--buildpack", str(loud),
+            "--buildpack", PROCFILE]
+    args = [*args, "-q"] if where == "command" else ["-q", *args]
+    proc = ocibuild(*args, scratch=tmp_path / "scratch")
+    assert proc.stderr == ""
+    assert proc.stdout.startswith("sha256:") and proc.stdout.count("\n") == 1, proc.stdout
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == proc.stdout.strip()
+
+
+def test_quiet_build_still_prints_the_error_line(tmp_path: Path, app: Path) -> None:
+    bad = write_buildpack(tmp_path / "bps", "bad", "exit 0", 'echo "BAD BUILD OUTPUT"\nexit 1')
+    proc = ocibuild("build", f"oci:{tmp_path}/out:app", "--path", str(app), "--buildpack", str(bad), "-q",
+                    scratch=tmp_path / "scratch", check=False)
+    assert proc.returncode == 51
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == ["ocibuild: error: buildpack test/bad@1.0.0: bin/build failed (exit status 1)"]
+
+
+# -- 4. A closed stdout pipe ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("count", [3, 2000])  # flushed at exit / failing mid-command
+def test_closed_stdout_pipe_ends_quietly_with_141(tmp_path: Path, count: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from support.images import write_image
+
+    layout = tmp_path / "layout"
+    info = write_image(layout, tag="t0000")
+    index = json.loads((layout / "index.json").read_text())
+    entry = index["manifests"][0]
+    index["manifests"] = [
+        {**entry, "annotations": {"org.opencontainers.image.ref.name": f"t{i:04d}-{'x' * 40}"}}
+        for i in range(count)
+    ]
+    (layout / "index.json").write_text(json.dumps(index))
+    assert info.manifest
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (``head -1``) is gone
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ocibuild.cli.main", "tags", f"oci:{layout}"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, env=_env(tmp_path / "scratch"),
+                              timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == 141
