@@ -158,16 +158,21 @@ def test_image_runs_with_the_launch_environment(tmp_path: Path) -> None:
     layout = tmp_path / "out"
     _target, result = _export(tmp_path, layout)
     rootfs = _unpack(tmp_path, layout, "app")
-    out = _chroot(rootfs, result.config, "/cnb/process/web", "extra")
-    assert ("web GREETING=hi LIST=z,a,b ONLY_WEB=yes PROFILE= PWD=/workspace ARGS=first,extra"
+    out = _chroot(rootfs, result.config, "/cnb/process/web")
+    assert ("web GREETING=hi LIST=z,a,b ONLY_WEB=yes PROFILE= PWD=/workspace ARGS=first,"
             in out), out  # direct: no profile.d
+    out = _chroot(rootfs, result.config, "/cnb/process/web", "extra")
+    assert "ARGS=extra," in out, out  # buildpack API >= 0.9: user args replace the process's args
     assert "hello from runtime: x" in out  # bin/ of a launch layer is on PATH
     out = _chroot(rootfs, result.config, "/cnb/process/worker")
     assert out.strip() == "worker ONLY_WEB=unset PROFILE=sourced LD=/layers/test_app/deps/lib"
     out = _chroot(rootfs, result.config, "/cnb/process/tool")
     assert out == "sub data\n"  # working-dir honoured
-    out = _chroot(rootfs, result.config, "/cnb/lifecycle/launcher", "more")
-    assert "ARGS=first,more" in out  # the launcher itself runs the default process
+    # Called as `launcher` there is no default process: the arguments are the command (lifecycle).
+    out = _chroot(rootfs, result.config, "/cnb/lifecycle/launcher", "echo", "$LIST", "$FROM_PROFILE")
+    assert out == "z,a,b sourced\n"  # through the shell: launch env and profile.d apply
+    out = _chroot(rootfs, result.config, "/cnb/lifecycle/launcher", "--", "hello", "y")
+    assert out == "hello from runtime: y\n"  # `--`: run directly, found on the launch PATH
 
 
 def test_image_runs_under_podman(tmp_path: Path) -> None:
@@ -181,7 +186,7 @@ def test_image_runs_under_podman(tmp_path: Path) -> None:
     )
     try:
         assert proc.returncode == 0, proc.stderr
-        assert "ARGS=first,from-podman" in proc.stdout and "LIST=z,a,b" in proc.stdout
+        assert "ARGS=from-podman," in proc.stdout and "LIST=z,a,b" in proc.stdout
     finally:
         subprocess.run(["podman", "rmi", "-f", result.config.digest.encoded], capture_output=True)
 
