@@ -407,12 +407,14 @@ def load_package_file(path: Path, platform: Platform | None = None) -> list[Buil
     return buildpacks_from_package(manifest, config, layout.open_blob, str(path))
 
 
-def load_package_image(reference: str, platform: Platform | None = None, options: Any = None) -> list[Buildpack]:
-    """A buildpackage image in a registry or layout; its layers are streamed only when used."""
+def load_package_image(reference: str, platform: Platform | None = None, options: Any = None,
+                       default_registry: str | None = None) -> list[Buildpack]:
+    """A buildpackage image in a registry or layout; its layers are streamed only when used.
+    Short names live on ``default_registry`` (``--registry``), as for every other image."""
     from ocibuild.store.base import load_config
     from ocibuild.store.open import open_reference
 
-    store, identifier = open_reference(reference, options=options)
+    store, identifier = open_reference(reference, default_registry, options)
     if identifier is None:
         raise UsageError(f"{reference}: name an image (oci:DIR:TAG)")
     desc, raw = store.get_manifest(identifier)
@@ -446,20 +448,22 @@ def load_buildpacks(
     base_dir: str | os.PathLike[str] | None = None,
     platform: Platform | None = None,
     options: Any = None,
+    default_registry: str | None = None,
 ) -> list[Buildpack]:
     """Every buildpack a source brings: the one it names first, then (for composites) its dependencies.
 
     ``source``: a directory, a ``.tgz``/``.tar``, a ``.cnb`` file, a ``file://`` URI, or an image
-    reference (``docker://``, ``oci:DIR:TAG`` or a plain registry reference). Relative paths are
-    resolved against ``base_dir`` (a builder.toml's directory).
+    reference (``docker://``, ``oci:DIR:TAG`` or a plain registry reference, short names on
+    ``default_registry``). An existing path wins; anything else that parses as an image reference
+    (``team/bp:1``) is one. Relative paths are resolved against ``base_dir`` (a builder.toml's directory).
     """
     text = _strip_file_uri(os.fspath(source))
     base = Path(base_dir) if base_dir is not None else None
     path = Path(text) if base is None or os.path.isabs(text) else base / text
     if text.startswith(("docker://", "oci:")) or not path.exists():
-        if not text.startswith(("docker://", "oci:")) and ("/" in text and not _looks_like_reference(text)):
+        if not text.startswith(("docker://", "oci:", "ocidir://")) and not _looks_like_reference(text):
             raise UsageError(f"buildpack source {text!r} does not exist")
-        return load_package_image(text, platform, options)
+        return load_package_image(text, platform, options, default_registry)
     if path.is_dir():
         return _load_directory(path, platform, options)
     if _is_package_file(path):
@@ -468,8 +472,23 @@ def load_buildpacks(
 
 
 def _looks_like_reference(text: str) -> bool:
-    first = text.split("/", 1)[0]
-    return "." in first or ":" in first or first == "localhost"
+    """A missing path that is a valid Docker reference (``bpkg:1``, ``team/bp:1``, ``reg:5000/bp``);
+    path-like texts (``./x``, ``/x``, ``x.tgz``) never are, nor is ``a/b`` with no registry, tag or
+    digest (pack reads that as a Buildpack Registry id, which ocibuild does not fetch): most likely
+    a mistyped directory."""
+    from ocibuild.errors import InvalidReference
+    from ocibuild.oci.reference import parse_docker_reference
+
+    if text.startswith((".", "/", "~")) or text.endswith((".tgz", ".tar", ".cnb", ".tar.gz")):
+        return False
+    first, slash, _ = text.partition("/")
+    if slash and ":" not in text and "@" not in text and "." not in first and first != "localhost":
+        return False
+    try:
+        parse_docker_reference(text)
+    except InvalidReference:
+        return False
+    return True
 
 
 def _is_package_file(path: Path) -> bool:

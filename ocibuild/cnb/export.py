@@ -393,6 +393,14 @@ def _store_metadata(layers_dir: Path, bp: GroupElement) -> dict[str, Any] | None
     return {"metadata": store.get("metadata", {})} if store else None
 
 
+def check_default_process(build: BuildOutput, requested: str | None) -> None:
+    """The lifecycle exporter refuses a ``-process-type`` no buildpack defined (the image could not
+    start); checked before anything is written."""
+    if requested and requested not in {p.type for p in build.processes}:
+        raise ExportError(f"tried to set {requested} to default but it doesn't exist "
+                          f"(process types: {', '.join(sorted(p.type for p in build.processes)) or 'none'})")
+
+
 def export(
     target: Store,
     tag: str | None,
@@ -409,6 +417,7 @@ def export(
     """
     say = progress or (lambda _msg: None)
     build = read_build_output(options.layers_dir)
+    check_default_process(build, options.default_process)
     run_desc, run_manifest = load_manifest(run.store, run.identifier)
     if not isinstance(run_manifest, Manifest):
         raise ExportError(f"run image {run.name} is an index; pick a platform before exporting")

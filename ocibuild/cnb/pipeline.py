@@ -91,6 +91,7 @@ def build(opts: BuildOptions, say: Say = lambda _m: None) -> BuildOutcome:
     app = Path(opts.path).absolute()
     if not app.is_dir():
         raise UsageError(f"app directory {opts.path} does not exist")
+    destinations(opts)  # every name checked before anything is built or pushed
     scratch = Scratch.resolve(opts.scratch).ensure()
     lease = Lease(scratch).acquire()
     outcome: BuildOutcome | None = None
@@ -110,12 +111,77 @@ def _open(text: str, opts: BuildOptions, *, for_write: bool = False):  # noqa: A
     return open_reference(text, opts.default_registry, opts.registry_options, for_write=for_write)
 
 
+@dataclass(frozen=True)
+class Destinations:
+    """Where the app image goes: IMAGE (tag ``latest`` when it names none), more tags in its own
+    repository or layout, and other repositories of the same registry (``-t team/app:1``)."""
+
+    image: Any  # Reference | LayoutReference
+    same_tags: tuple[str, ...] = ()
+    other_repositories: tuple[Any, ...] = ()  # Reference, each with its tag
+
+
+def destinations(opts: BuildOptions) -> Destinations:
+    """pack's IMAGE and ``--tag``: every tag parsed with the same default registry; a tag on another
+    registry or in another layout is refused (pack: "tag ... must be on the same registry")."""
+    from ocibuild.oci.reference import LayoutReference, parse_reference
+
+    image = parse_reference(opts.image, opts.default_registry)
+    if image.identifier is None:  # bare oci:DIR: like a registry name without a tag
+        image = image.with_tag("latest")
+    same: list[str] = []
+    others: list[Any] = []
+    for text in opts.tags:
+        if isinstance(image, LayoutReference):
+            if text.startswith(("oci:", "ocidir://")):
+                ref = parse_reference(text)
+                assert isinstance(ref, LayoutReference)
+                if os.path.realpath(ref.path) != os.path.realpath(image.path):
+                    raise UsageError(f"--tag {text}: not in the layout {image.path} that IMAGE names")
+                if ref.tag is None:
+                    raise UsageError(f"--tag {text}: name a tag (oci:{image.path}:TAG)")
+                tag = ref.tag
+            else:
+                tag = image.with_tag(text).tag or ""
+            if tag != image.tag and tag not in same:
+                same.append(tag)
+            continue
+        ref = parse_reference(text, opts.default_registry)
+        if isinstance(ref, LayoutReference):
+            raise UsageError(f"--tag {text}: a layout tag for a registry IMAGE {image}")
+        if ref.registry != image.registry:
+            raise UsageError(f"--tag {text}: on registry {ref.registry}, not {image.registry} where IMAGE goes")
+        if ref.digest is not None or not ref.tag:
+            raise UsageError(f"--tag {text}: name a tag, not a digest")
+        if ref.repository == image.repository:
+            if ref.tag != image.tag and ref.tag not in same:
+                same.append(ref.tag)
+        elif ref not in others:
+            others.append(ref)
+    return Destinations(image, tuple(same), tuple(others))
+
+
+def _tag_other_repositories(dest: Destinations, source: Any, result: Any, opts: BuildOptions,
+                            lease: Any) -> None:
+    """The image under ``-t`` tags in other repositories: blobs mounted across repositories (copied
+    when the registry refuses), then the manifest."""
+    from ocibuild.store.open import open_parsed
+    from ocibuild.transfer.copy import GraphCopier
+
+    blobs = [result.manifest.config, *result.manifest.layers]
+    for ref in dest.other_repositories:
+        store = _Recorded(open_parsed(ref, opts.registry_options, for_write=True), lease)
+        GraphCopier(source, store).copy_blobs(blobs)
+        store.put_manifest(result.descriptor, result.manifest.raw, tag=ref.tag)
+
+
 def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) -> BuildOutcome:
     from ocibuild.cnb.builder import builder_from_parts, open_builder
     from ocibuild.cnb.compose import compose_builder
     from ocibuild.cnb.defaults import DEFAULT_BUILDER, ensure_default_builder
 
     phases = _Phases(say)
+    dest = destinations(opts)
     scratch_store = scratch.open_layout()
     work = scratch.work_path / lease.id
     work.mkdir(parents=True)
@@ -136,7 +202,7 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
 
         project = _project(opts, app)
         env = {**project.env, **opts.env}  # pack: --env overrides project.toml
-        extra, order = _requested_buildpacks(opts.buildpacks or project.buildpacks, opts)
+        extra, order = _requested_buildpacks(opts.buildpacks or project.buildpacks, opts, builder)
         composed = phases.run("composing builder", lambda: compose_builder(
             builder,
             buildpacks=extra,
@@ -189,7 +255,10 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         say("group: " + ", ".join(group_names))
         _write_group(layers, detected.group)
 
-        target_store, target_id = _open(opts.image, opts, for_write=True)
+        from ocibuild.store.open import open_parsed
+
+        target_store = open_parsed(dest.image, opts.registry_options, for_write=True)
+        target_id = dest.image.identifier
         from ocibuild.cnb.cache import restore
         from ocibuild.cnb.export import previous_metadata
 
@@ -213,15 +282,17 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
         export_opts = ExportOptions(
             launcher=launcher, layers_dir=layers, app_dir=workspace, uid=builder.uid or 1000, gid=builder.gid or 1000,
             default_process=opts.default_process, creation_time=opts.creation_time,
-            tmp_dir=getattr(target_store, "tmp_dir", None) or work, extra_tags=tuple(opts.tags),
+            tmp_dir=getattr(target_store, "tmp_dir", None) or work, extra_tags=dest.same_tags,
             project_metadata=project.metadata_label, image_layers_dir=opts.layers_dir,
             layer_memo_dir=scratch.cache_path / "layer-memo",
             image_app_dir=opts.workspace,
         )
         recorded = _Recorded(target_store, lease)
-        result = phases.run("exporting", lambda: export(
-            recorded, target_id, RunImageSource(run_store, run_id, run_name or run_id), export_opts,
-            previous=previous))
+        run_source = RunImageSource(run_store, run_id, _qualified(run_name, opts) if run_name else run_id,
+                                    _mirrors(effective, run_name, opts))
+        result = phases.run("exporting", lambda: export(recorded, target_id, run_source, export_opts,
+                                                        previous=previous))
+        _tag_other_repositories(dest, target_store, result, opts, lease)
         if cache is not None:
             phases.run("caching", lambda: cache.save(layers, image_layers_dir=opts.layers_dir, uid=export_opts.uid,
                                                      gid=export_opts.gid, tmp_dir=work))
@@ -263,13 +334,29 @@ def _project(opts: BuildOptions, app: Path) -> Any:
     return load_project(Path(path))
 
 
-def _is_builder_ref(source: str) -> bool:
-    """``id@version`` (or a bare id) of a buildpack already on the builder, as opposed to a path or image."""
-    return not os.path.exists(source) and "/" not in source.split("@", 1)[-1] and ":" not in source \
-        and not source.endswith((".tgz", ".cnb", ".tar"))
+def _on_builder(source: str, builder: Any) -> bool:
+    """``id`` or ``id@version`` of a buildpack the builder holds (pack's ID locator)."""
+    bp_id, _, version = source.partition("@")
+    versions = (builder.buildpack_layers or {}).get(bp_id) if builder is not None else None
+    return bool(versions) and (not version or version in versions)
 
 
-def _requested_buildpacks(sources: tuple[str, ...], opts: BuildOptions) -> tuple[list[Any], Any]:
+def _is_builder_ref(source: str, builder: Any = None) -> bool:
+    """Whether a ``--buildpack`` names a buildpack on the builder rather than a path or an image.
+
+    Precedence, as pack's locators: an existing path; then an id[@version] the builder holds (ids
+    may contain ``/``: ``ocibuild/procfile``); then an image reference (``team/bp:1``, ``bpkg:1``,
+    ``oci:DIR:TAG``). An ``id@version`` the builder lacks (``@`` but no ``:``, so not an image digest)
+    stays an id, so that the error names the builder rather than a registry.
+    """
+    if os.path.exists(source):
+        return False
+    if _on_builder(source, builder):
+        return True
+    return "@" in source and ":" not in source
+
+
+def _requested_buildpacks(sources: tuple[str, ...], opts: BuildOptions, builder: Any = None) -> tuple[list[Any], Any]:
     """pack's ``--buildpack``: one group, in the order given; sources that are not on the builder
     are fetched (a composite brings its dependencies, which are added but not put in the group)."""
     from ocibuild.cnb.buildpack import load_buildpacks
@@ -280,13 +367,35 @@ def _requested_buildpacks(sources: tuple[str, ...], opts: BuildOptions) -> tuple
     extra: list[Any] = []
     members: list[str] = []
     for source in sources:
-        if _is_builder_ref(source):
+        if _is_builder_ref(source, builder):
             members.append(source)
             continue
-        loaded = load_buildpacks(source, platform=opts.platform, options=opts.registry_options)
+        loaded = load_buildpacks(source, platform=opts.platform, options=opts.registry_options,
+                                 default_registry=opts.default_registry)
         members.append(f"{loaded[0].id}@{loaded[0].version}")
         extra += loaded
     return extra, parse_order([members])
+
+
+def _qualified(name: str, opts: BuildOptions) -> str:
+    """A run image name as the image records it: registry/repository:tag, or the ``oci:`` form."""
+    from ocibuild.errors import InvalidReference
+    from ocibuild.oci.reference import parse_reference
+
+    try:
+        return str(parse_reference(name, opts.default_registry))
+    except InvalidReference:
+        return name
+
+
+def _mirrors(builder: Any, run_name: str, opts: BuildOptions) -> tuple[str, ...]:
+    """The builder's run-image mirrors, when the build runs on the builder's run image."""
+    runs = list(builder.run_images or ())
+    if not runs or not run_name:
+        return ()
+    if opts.run_image and _qualified(opts.run_image, opts) != _qualified(runs[0].image, opts):
+        return ()
+    return tuple(_qualified(m, opts) for m in (runs[0].mirrors or ()))
 
 
 def _effective_order(b: Any) -> Any:
@@ -456,7 +565,8 @@ def _sandbox(mounts: Mapping[Path, str]) -> Any:
 def _detect(order: Any, bp_dir: Path, workspace: Path, platform_dir: Path, target: Any, sandbox: Any) -> Any:
     from ocibuild.cnb.detect import detect
 
-    return detect(order, bp_dir, workspace, platform_dir, target=target, sandbox=sandbox)
+    # Platform API 0.12: a buildpack whose [[targets]] the run image does not satisfy does not pass.
+    return detect(order, bp_dir, workspace, platform_dir, target=target, sandbox=sandbox, check_targets=True)
 
 
 def _write_group(layers: Path, group: Any) -> None:
