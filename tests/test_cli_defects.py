@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import lzma
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -173,3 +175,46 @@ def test_inspect_raw_and_json_are_refused(tmp_path: Path) -> None:
     index(store, "multi", tag="multi")
     line = one_line_error(cli("inspect", "--raw", "--json", f"oci:{store.path}:multi"), exit_code=2)
     assert "--raw and --json" in line
+
+
+# -- 3. login writes through a symlinked config.json ---------------------------------------------------
+def test_login_writes_through_symlinked_config(tmp_path: Path, basic_registry, sentinel_password) -> None:
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    target = dotfiles / "docker-config.json"
+    target.write_text(json.dumps({"auths": {"other.example": {"auth": "bzpv"}}, "psFormat": "x"}))
+    link = docker / "config.json"
+    link.symlink_to(os.path.relpath(target, docker))
+    env = {"DOCKER_CONFIG": str(docker), "REGISTRY_AUTH_FILE": "", "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    host = basic_registry.host
+
+    result = runner.invoke(app, ["login", host, "-u", basic_registry.username, "--password-stdin"],
+                           input=sentinel_password + "\n", env=env)
+    assert result.exit_code == 0, result.output
+    assert sentinel_password not in result.output
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    doc = json.loads(target.read_text())
+    assert host in doc["auths"] and doc["auths"]["other.example"] == {"auth": "bzpv"} and doc["psFormat"] == "x"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(p.name for p in docker.iterdir()) == ["config.json"]  # no temp file beside the link
+    assert sorted(p.name for p in dotfiles.iterdir()) == ["docker-config.json"]
+
+    assert cli("logout", host, env=env).exit_code == 0
+    assert link.is_symlink() and host not in json.loads(target.read_text())["auths"]
+
+
+def test_login_through_dangling_symlink_creates_the_target(tmp_path: Path, basic_registry, sentinel_password) -> None:
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    target = tmp_path / "elsewhere" / "config.json"
+    (docker / "config.json").symlink_to(target)
+    env = {"DOCKER_CONFIG": str(docker), "REGISTRY_AUTH_FILE": "", "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    result = runner.invoke(app, ["login", basic_registry.host, "-u", basic_registry.username, "-p", sentinel_password],
+                           env=env)
+    assert result.exit_code == 0, result.output
+    assert (docker / "config.json").is_symlink()
+    assert basic_registry.host in json.loads(target.read_text())["auths"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600

@@ -193,7 +193,12 @@ def lookup(registry: str, auth_file: str | None = None) -> Credential | None:
 
 
 def _write_config(path: Path, doc: dict[str, Any]) -> None:
-    """Atomic write with mode 0600: temp file in the same directory, fsync, rename."""
+    """Atomic write with mode 0600: temp file in the same directory, fsync, rename.
+
+    A symlinked config.json (dotfile managers) is written through, as docker does: the rename
+    replaces the file the link points to (even a dangling link's target), never the link itself.
+    """
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=path.parent)
     try:
