@@ -86,6 +86,19 @@ def test_append_damaged_tarball_is_one_line_and_writes_nothing(tmp_path: Path, b
         assert not dest.exists(), f"{name}: left {files_under(dest)}"
 
 
+def test_append_plain_tar_whose_first_name_looks_like_a_compression_magic(tmp_path: Path, base: LayoutStore) -> None:
+    tarball = tmp_path / "bzname.tar"
+    with tarfile.open(tarball, "w") as tf:
+        info = tarfile.TarInfo("BZh91AY")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"x\n"))
+    result = cli("append", f"oci:{base.path}:latest", str(tarball), "--tag", f"oci:{tmp_path / 'out'}:t")
+    assert result.exit_code == 0, result.output
+    rootfs = tmp_path / "rootfs"
+    assert cli("unpack", f"oci:{tmp_path / 'out'}:t", str(rootfs)).exit_code == 0
+    assert (rootfs / "BZh91AY").read_text() == "x\n"
+
+
 def test_append_damaged_tarball_into_existing_layout_leaves_it_unchanged(tmp_path: Path, base: LayoutStore) -> None:
     good = tmp_path / "good"
     (good / "etc").mkdir(parents=True)

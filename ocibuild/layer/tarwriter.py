@@ -333,15 +333,19 @@ def open_tarball(path: str | os.PathLike[str], spool_dir: str | os.PathLike[str]
         except BaseException:
             spool.close()
             raise
-    for signature, kind in _UNSUPPORTED:
-        if magic.startswith(signature):
-            raise InvalidArchive(f"{os.fspath(path)}: not a valid tar archive ({kind} compression is not supported: "
-                                 "use a plain, gzip or zstd tarball)")
-    with archive_errors(path):
-        return tarfile.open(path, mode="r:")
+    try:
+        with archive_errors(path):
+            return tarfile.open(path, mode="r:")
+    except InvalidArchive:
+        # only now, as a plain tar may well start with these bytes (a first entry named "BZh...")
+        kind = next((k for sig, k in _UNSUPPORTED if magic.startswith(sig)), None)
+        if kind is None:
+            raise
+        raise InvalidArchive(f"{os.fspath(path)}: not a valid tar archive ({kind} compression is not supported: "
+                             "use a plain, gzip or zstd tarball)") from None
 
 
-_UNSUPPORTED = ((b"\xfd7zX", "xz"), (b"BZh", "bzip2"), (b"\x5d\x00\x00", "lzma"))
+_UNSUPPORTED = ((b"\xfd7zX", "xz"), (b"BZh", "bzip2"))
 
 
 TarSource = Union[str, os.PathLike, Iterable[TarEntry]]
