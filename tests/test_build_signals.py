@@ -195,3 +195,50 @@ def test_closed_stdout_pipe_ends_quietly_with_141(tmp_path: Path, count: int) ->
         os.close(write_end)
     assert proc.stderr == ""
     assert proc.returncode == 141
+
+
+# -- 5. Rebase syncs the base labels -------------------------------------------------------------------
+
+def test_rebase_replaces_the_old_run_images_base_labels(tmp_path: Path) -> None:
+    """lifecycle SyncLabels: io.buildpacks.stack.* / io.buildpacks.base.* of the old run image go."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cnb_export_support import make_layers_dir, make_run_image
+
+    from ocibuild.cnb.export import ExportOptions, RunImageSource, export
+    from ocibuild.cnb.rebase import rebase
+    from ocibuild.oci.manifest import ImageConfig, Manifest
+    from ocibuild.store.base import load_config, load_manifest, put_bytes
+    from ocibuild.store.layout import LayoutStore
+
+    def relabel(store: LayoutStore, tag: str, labels: dict[str, str]) -> None:
+        _d, manifest = load_manifest(store, tag)
+        doc = load_config(store, manifest.config).to_dict()
+        doc.setdefault("config", {})["Labels"] = labels
+        cfg = ImageConfig.build(doc)
+        put_bytes(store, cfg.descriptor(), cfg.raw)
+        changed = Manifest.build(cfg.descriptor(), manifest.layers)
+        store.put_manifest(changed.descriptor(), changed.raw, tag=tag)
+
+    make_layers_dir(tmp_path)
+    runs = LayoutStore(tmp_path / "runs", create=True)
+    make_run_image(runs, "v1", marker="run-1")
+    make_run_image(runs, "v2", marker="run-2")
+    relabel(runs, "v1", {"io.buildpacks.stack.id": "example.stack", "io.buildpacks.stack.mixins": '["curl"]',
+                         "io.buildpacks.base.maintainer": "old maintainer", "org.example.team": "web"})
+    relabel(runs, "v2", {"io.buildpacks.stack.id": "example.stack", "io.buildpacks.base.distro.name": "debian"})
+    app = LayoutStore(tmp_path / "app", create=True)
+    export(app, "app", RunImageSource(runs, "v1", "example.com/run:v1"),
+           ExportOptions(layers_dir=tmp_path / "layers", app_dir=tmp_path / "workspace"))
+    before = load_config(app, load_manifest(app, "app")[1].config).labels
+    assert before["io.buildpacks.stack.mixins"] == '["curl"]'
+    assert before["io.buildpacks.base.maintainer"] == "old maintainer"
+
+    res = rebase(app, "app", runs, "v2", new_run_name="example.com/run:v2", dst_tag="rebased")
+    labels = dict(res.config.labels)
+    assert "io.buildpacks.stack.mixins" not in labels
+    assert "io.buildpacks.base.maintainer" not in labels
+    assert labels["io.buildpacks.base.distro.name"] == "debian"
+    assert labels["io.buildpacks.stack.id"] == "example.stack"
+    # Everything else stays: other labels the app inherited, and the lifecycle's own.
+    assert labels.get("org.example.team") == before.get("org.example.team")
+    assert {k for k in before if not k.startswith(("io.buildpacks.stack.", "io.buildpacks.base."))} <= set(labels)

@@ -2,10 +2,11 @@
 
 The lifecycle's rules (phase/rebaser.go, platform.md "rebaser"): the layers up to
 ``runImage.topLayer`` are the old run image and are swapped for the new one's; os/architecture come
-from the new base; ``runImage.topLayer``/``reference`` are rewritten. Refused without ``force``: an
-image labelled ``io.buildpacks.rebasable=false``, a new base for another target (Platform >= 0.12)
-or another stack (older), and (Platform >= 0.12) a run image whose name the app does not list in
-``runImage.image``/``mirrors``.
+from the new base; ``runImage.topLayer``/``reference`` are rewritten; the old base's
+``io.buildpacks.stack.*``/``io.buildpacks.base.*`` labels are replaced by the new one's (SyncLabels).
+Refused without ``force``: an image labelled ``io.buildpacks.rebasable=false``, a new base for
+another target (Platform >= 0.12) or another stack (older), and (Platform >= 0.12) a run image whose
+name the app does not list in ``runImage.image``/``mirrors``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ocibuild.store.base import Store, digest_arg, load_config, load_manifest, p
 
 REBASABLE_LABEL = "io.buildpacks.rebasable"
 STACK_LABEL = "io.buildpacks.stack.id"
+#: Labels that describe the run image (stack id, mixins, distro, ...), replaced wholesale by a rebase.
+BASE_LABEL_PREFIXES = ("io.buildpacks.stack.", "io.buildpacks.base.")
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,9 @@ def rebase(
             h["created"] = created
     if old_history:
         doc["history"] = new_history + app_history
-    for key, value in new_labels.items():
-        if key.startswith(("io.buildpacks.stack.", "io.buildpacks.base.")):
-            labels[key] = value
+    # lifecycle SyncLabels: the old base's labels go, then the new base's come in.
+    labels = {k: v for k, v in labels.items() if not k.startswith(BASE_LABEL_PREFIXES)}
+    labels.update((k, v) for k, v in new_labels.items() if k.startswith(BASE_LABEL_PREFIXES))
     labels[LIFECYCLE_LABEL] = canonical_json(md).decode()
     doc.setdefault("config", {})["Labels"] = labels
     config = ImageConfig.build(doc, app_config.media_type)
