@@ -74,7 +74,7 @@ def app(tmp_path: Path) -> Path:
 
 # -- 1. SIGTERM / SIGHUP ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
 def test_stop_signal_mid_build_cleans_up_like_ctrl_c(tmp_path: Path, app: Path, signum: int, code: int) -> None:
     pids = tmp_path / "pids"
     # bin/build backgrounds a sleep and waits: the shell dies of the signal, the sleep would not.
@@ -85,6 +85,8 @@ def test_stop_signal_mid_build_cleans_up_like_ctrl_c(tmp_path: Path, app: Path, 
         [sys.executable, "-m", "ocibuild.cli.main", "build", f"oci:{tmp_path}/out:app", "--path", str(app),
          "--buildpack", str(sleepy), "--buildpack", PROCFILE],
         env=_env(scratch), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Python keeps SIGINT ignored when it starts with it ignored (pytest run in the background).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120

@@ -97,7 +97,7 @@ def _detect_report(log: tuple[str, ...], verbose: bool) -> str:
 def _run_build(run_build, options, quiet: bool):  # noqa: ANN001, ANN202
     """The pipeline with its notes on stderr; ``quiet`` drops them and the buildpacks' output too."""
     if not quiet:
-        return run_build(options, say=lambda msg: note(msg))
+        return run_build(options, say=note)
     # Buildpack output is written to whatever sys.stderr is when bin/build ends; the error line of a
     # failed build is printed after this block, on the real stderr.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
@@ -130,11 +130,10 @@ def build(
     quiet_flag: bool = typer.Option(False, "--quiet", "-q", help="Print only the digest (also a global option)."),
 ) -> None:
     """Build IMAGE from an app directory with Cloud Native Buildpacks; prints the image digest last."""
+    from ocibuild.cnb.errors import DetectFailed
     from ocibuild.cnb.pipeline import BuildOptions
     from ocibuild.cnb.pipeline import build as run_build
     from ocibuild.oci.descriptor import Platform
-
-    from ocibuild.cnb.errors import DetectFailed
 
     opts = global_options(ctx)
     quiet = opts.quiet or quiet_flag

@@ -188,7 +188,8 @@ def run() -> None:
         try:
             app(prog_name="ocibuild")
         finally:
-            sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is ours to handle
+            if sys.stdout is not None:
+                sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is ours to handle
     except BrokenPipeError:
         _silence_stdout()
         sys.exit(EXIT_BROKEN_PIPE)
