@@ -8,7 +8,9 @@ a ``RegistryOptions`` (None: defaults).
 from __future__ import annotations
 
 import contextlib
+import os
 import platform as _platform
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ocibuild.errors import ManifestError, NotFound, UsageError
@@ -277,22 +279,53 @@ def _source_and_destination(
 
 @contextlib.contextmanager
 def _new_layout_removed_on_error(ref: Any) -> Iterator[None]:
-    """A layout directory that this command creates is removed again if the command fails.
+    """A layout directory that this command creates is removed again if the command fails early.
 
-    A failed copy, append or mutate must not leave an empty (or half-filled) layout behind; a
-    layout that existed before is left alone (its blobs are published atomically anyway).
+    A failed copy, append or mutate must not leave an empty layout behind. Only the bare skeleton is
+    removed (no blob, no index entry), and only while no other process is writing into it (the GC
+    lock, which writers hold shared, taken exclusively without waiting): a layout that existed
+    before, or that holds anything, or that another process is filling, is left alone.
     """
-    import os
-    import shutil
-
     path = ref.path if isinstance(ref, LayoutReference) else None
     created = path is not None and not os.path.lexists(path)
     try:
         yield
     except BaseException:
-        if created and os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
+        if created:
+            _remove_empty_layout(Path(path))
         raise
+
+
+def _remove_empty_layout(root: Path) -> None:
+    import fcntl
+    import json
+
+    from ocibuild.store.layout import GC_LOCK
+
+    if root.is_symlink() or not root.is_dir():
+        return
+    try:
+        fd = os.open(root / GC_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        blobs = root / "blobs"
+        if any(f.is_file() for f in blobs.rglob("*")) if blobs.is_dir() else False:
+            return
+        index = root / "index.json"
+        if index.exists() and json.loads(index.read_text() or "{}").get("manifests"):
+            return
+        for entry in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if entry.is_dir() and not entry.is_symlink():
+                entry.rmdir()
+            else:
+                entry.unlink()
+        root.rmdir()
+    except (OSError, ValueError):
+        return  # busy, unreadable or not empty: leave it as it is
+    finally:
+        os.close(fd)
 
 
 def append(
@@ -344,7 +377,6 @@ def unpack(
     Extraction streams, so a refused entry or a digest mismatch is found mid-way: a ``directory``
     this call created is removed again on failure (one the caller made is left as the layers left it).
     """
-    import os
     import shutil
 
     from ocibuild.layer.extract import unpack_image
