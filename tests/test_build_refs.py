@@ -84,6 +84,8 @@ def test_tags_elsewhere_are_refused_before_anything_is_built(tmp_path: Path, app
     proc = _build(f"oci:{tmp_path}/a:x", "-t", f"oci:{tmp_path}/b:y", scratch=scratch, app=app, check=False)
     assert f"{tmp_path}/b" in _one_line_usage_error(proc)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    proc = _build(f"oci:{tmp_path}/a@sha256:{'0' * 64}", scratch=scratch, app=app, check=False)
+    assert "not a digest" in _one_line_usage_error(proc)
     assert not (scratch / "layout").exists(), "refused before the default builder was even made"
 
 
@@ -215,7 +217,7 @@ image = "oci:{layout}:{BUILD_TAG}"
 
 [[run.images]]
 image = "oci:{layout}:{RUN_TAG}"
-mirrors = ["mirror.example/run:1", "run-mirror:1"]
+mirrors = ["mirror.example/run:1", "run-mirror:1", "oci:{tmp_path}/mirror:run"]
 """)
     ocibuild("builder", "create", "--config", str(tmp_path / "builder.toml"), "--tag",
              f"oci:{tmp_path}/builder:b1", scratch=scratch)
@@ -223,5 +225,23 @@ mirrors = ["mirror.example/run:1", "run-mirror:1"]
     ocibuild("--registry", "reg.example", "build", out, "--builder", f"oci:{tmp_path}/builder:b1",
              "--path", str(app), scratch=scratch)
     md = _lifecycle_md(out, scratch)
+    mirrors = ["mirror.example/run:1", "reg.example/run-mirror:1", f"oci:{tmp_path}/mirror:run"]
     assert md["runImage"]["image"] == f"oci:{layout}:{RUN_TAG}"
-    assert md["runImage"]["mirrors"] == ["mirror.example/run:1", "reg.example/run-mirror:1"]
+    assert md["runImage"]["mirrors"] == mirrors
+    assert md["runImage"]["reference"].startswith(f"oci:{layout}@sha256:")
+
+    # Built on a mirror, the image still names the builder's run image (the lifecycle's run.toml
+    # entry that contains it), and the mirror it was read from is the reference.
+    ocibuild("copy", f"oci:{layout}:{RUN_TAG}", f"oci:{tmp_path}/mirror:run", scratch=scratch)
+    ocibuild("--registry", "reg.example", "build", out, "--builder", f"oci:{tmp_path}/builder:b1",
+             "--run-image", f"oci:{tmp_path}/mirror:run",
+             "--path", str(app), scratch=scratch)
+    md = _lifecycle_md(out, scratch)
+    assert (md["runImage"]["image"], md["runImage"]["mirrors"]) == (f"oci:{layout}:{RUN_TAG}", mirrors)
+    assert md["runImage"]["reference"].startswith(f"oci:{tmp_path}/mirror@sha256:")
+    # Another run image is recorded as itself, without the builder's mirrors.
+    ocibuild("copy", f"oci:{layout}:{RUN_TAG}", f"oci:{tmp_path}/other:run", scratch=scratch)
+    ocibuild("build", out, "--builder", f"oci:{tmp_path}/builder:b1", "--run-image", f"oci:{tmp_path}/other:run",
+             "--path", str(app), scratch=scratch)
+    md = _lifecycle_md(out, scratch)
+    assert md["runImage"]["image"] == f"oci:{tmp_path}/other:run" and "mirrors" not in md["runImage"]

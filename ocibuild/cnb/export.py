@@ -279,6 +279,7 @@ class RunImageSource:
     identifier: str
     name: str
     mirrors: tuple[str, ...] = ()
+    read_as: str | None = None  # the name it was read from, for ``runImage.reference`` (a mirror); None: name
 
 
 @dataclass(frozen=True)
@@ -514,7 +515,7 @@ def export(
 
         run_image_md = {
             "topLayer": str(run_config.diff_ids[-1]) if run_config.diff_ids else "",
-            "reference": run_reference(run.name, run_desc.digest),
+            "reference": run_reference(run.read_as or run.name, run_desc.digest),
             "image": run.name,
         }
         if run.mirrors:
@@ -591,7 +592,10 @@ def export(
 
 
 def strip_tag(name: str) -> str:
-    """An image name without its tag or digest (``reg:5000/a/b:1@sha256:…`` -> ``reg:5000/a/b``)."""
+    """An image name without its tag or digest (``reg:5000/a/b:1@sha256:…`` -> ``reg:5000/a/b``;
+    ``oci:DIR:TAG`` -> ``oci:DIR``, where the first ``:`` after the directory starts the tag, as skopeo reads it)."""
+    if name.startswith("oci:"):
+        return "oci:" + name[4:].split("@", 1)[0].split(":", 1)[0]
     repo = name.split("@", 1)[0]
     last = repo.rsplit("/", 1)[-1]
     return repo[: len(repo) - len(last)] + last.split(":", 1)[0]

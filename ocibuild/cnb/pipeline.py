@@ -127,6 +127,8 @@ def destinations(opts: BuildOptions) -> Destinations:
     from ocibuild.oci.reference import LayoutReference, parse_reference
 
     image = parse_reference(opts.image, opts.default_registry)
+    if image.digest is not None:
+        raise UsageError(f"IMAGE {opts.image}: name a tag, not a digest (the digest is what the build makes)")
     if image.identifier is None:  # bare oci:DIR: like a registry name without a tag
         image = image.with_tag("latest")
     same: list[str] = []
@@ -288,8 +290,9 @@ def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) ->
             image_app_dir=opts.workspace,
         )
         recorded = _Recorded(target_store, lease)
-        run_source = RunImageSource(run_store, run_id, _qualified(run_name, opts) if run_name else run_id,
-                                    _mirrors(effective, run_name, opts))
+        recorded_name, mirrors = _run_image_record(builder, run_name, opts) if run_name else (run_id, ())
+        run_source = RunImageSource(run_store, run_id, recorded_name, mirrors,
+                                    read_as=_qualified(run_name, opts) if run_name else None)
         result = phases.run("exporting", lambda: export(recorded, target_id, run_source, export_opts,
                                                         previous=previous))
         _tag_other_repositories(dest, target_store, result, opts, lease)
@@ -388,14 +391,16 @@ def _qualified(name: str, opts: BuildOptions) -> str:
         return name
 
 
-def _mirrors(builder: Any, run_name: str, opts: BuildOptions) -> tuple[str, ...]:
-    """The builder's run-image mirrors, when the build runs on the builder's run image."""
-    runs = list(builder.run_images or ())
-    if not runs or not run_name:
-        return ()
-    if opts.run_image and _qualified(opts.run_image, opts) != _qualified(runs[0].image, opts):
-        return ()
-    return tuple(_qualified(m, opts) for m in (runs[0].mirrors or ()))
+def _run_image_record(builder: Any, run_name: str, opts: BuildOptions) -> tuple[str, tuple[str, ...]]:
+    """``runImage.image`` and ``mirrors`` as the lifecycle records them (platform GetRunImageForExport):
+    the builder's run-image entry whose image or a mirror is the run image used, else just that name.
+    Names are qualified (``registry/repository:tag``; layouts keep ``oci:``) so rebase can match them."""
+    used = _qualified(run_name, opts)
+    for entry in builder.run_images or ():
+        names = [_qualified(n, opts) for n in (entry.image, *(entry.mirrors or ())) if n]
+        if used in names:
+            return names[0] if entry.image else used, tuple(names[1:] if entry.image else names)
+    return used, ()
 
 
 def _effective_order(b: Any) -> Any:
