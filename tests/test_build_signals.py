@@ -244,3 +244,41 @@ def test_rebase_replaces_the_old_run_images_base_labels(tmp_path: Path) -> None:
     # Everything else stays: other labels the app inherited, and the lifecycle's own.
     assert labels.get("org.example.team") == before.get("org.example.team")
     assert {k for k in before if not k.startswith(("io.buildpacks.stack.", "io.buildpacks.base."))} <= set(labels)
+
+
+# -- Sandbox.run: an interrupted run stops the buildpack's whole process group ------------------------
+
+_INTERRUPTED_RUN = """
+import os, signal, sys, time
+from ocibuild.cnb.sandbox import DIRECT, prepare_sandbox
+
+def interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, interrupt)
+mode, mount, pidfile = sys.argv[1:]
+sandbox = DIRECT if mode == "direct" else prepare_sandbox({mount: "/ocibuild-signal-test"})
+# The shell and its sleep ignore SIGTERM: only the SIGKILL after the grace stops them.
+script = f"trap '' TERM; sleep 30 & echo $$ $! > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; wait"
+signal.setitimer(signal.ITIMER_REAL, 1.0)
+start = time.monotonic()
+try:
+    sandbox.run(["/bin/sh", "-c", script], cwd="/", env={"PATH": os.environ["PATH"]})
+except KeyboardInterrupt:
+    print(sandbox.mode, round(time.monotonic() - start, 1))
+"""
+
+
+@pytest.mark.parametrize("mode", ["direct", "namespace"])
+def test_interrupted_sandbox_run_kills_the_group_after_the_grace(tmp_path: Path, mode: str) -> None:
+    from ocibuild.cnb.sandbox import STOP_GRACE
+
+    pidfile = tmp_path / "pids"
+    (tmp_path / "mnt").mkdir()
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_RUN, mode, str(tmp_path / "mnt"), str(pidfile)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    shown_mode, elapsed = proc.stdout.split()
+    assert shown_mode == ("direct" if mode == "direct" else ("root" if os.geteuid() == 0 else "user"))
+    assert 1.0 + STOP_GRACE - 0.3 <= float(elapsed) < 1.0 + STOP_GRACE + 5
+    shell, sleeper = (int(x) for x in pidfile.read_text().split())
+    assert not alive(shell) and not alive(sleeper)
