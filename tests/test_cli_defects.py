@@ -231,3 +231,27 @@ def test_login_through_dangling_symlink_creates_the_target(tmp_path: Path, basic
     assert (docker / "config.json").is_symlink()
     assert basic_registry.host in json.loads(target.read_text())["auths"]
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_build_with_a_truncated_buildpack_tgz_is_one_line(tmp_path: Path) -> None:
+    # The CLI's last safety net: an EOFError from any compressed reader is one line, not click's "Aborted!".
+    noop = Path(__file__).resolve().parent.parent / "fixtures" / "bench" / "buildpacks" / "noop"
+    good = tmp_path / "bp.tgz"
+    with tarfile.open(good, "w:gz") as tf:
+        tf.add(noop, arcname=".")
+    bad = tmp_path / "trunc.tgz"
+    bad.write_bytes(good.read_bytes()[:300])
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "Procfile").write_text("web: echo hi\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocibuild.cli.main", "build", f"oci:{tmp_path}/out:x", "--path", str(app_dir),
+         "--buildpack", str(bad)],
+        capture_output=True, text=True, env=dict(os.environ, OCIBUILD_SCRATCH=str(tmp_path / "scratch")),
+    )
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ocibuild: error: ") and "end" in last, proc.stderr
+    assert "Traceback" not in proc.stderr and "Aborted" not in proc.stderr
+    assert proc.stdout == ""
+    assert not (tmp_path / "out").exists()

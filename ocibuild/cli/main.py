@@ -121,6 +121,11 @@ class OCIBuildGroup(TyperGroup):
                 traceback.print_exc()
             error_line(str(err))
             raise typer.Exit(err.exit_code) from None
+        except EOFError as err:  # a truncated compressed stream read somewhere no reader names it
+            if _debug_requested(ctx):
+                traceback.print_exc()
+            error_line(f"unexpected end of data: {err}")  # (click would print a bare "Aborted!")
+            raise typer.Exit(1) from None
         except OSError as err:
             if _debug_requested(ctx):
                 traceback.print_exc()
