@@ -129,7 +129,10 @@ def append_layers(
                 layers.append(result.descriptor)
                 diff_ids.append(str(result.diff_id))
                 if history is not None:
-                    history.append({"created": HISTORY_CREATED, "created_by": f"{created_by} {Path(path).name}"})
+                    # named by content, as docker's "ADD file:<hash>": the same layer from another
+                    # path or file name gives the same image digest
+                    history.append({"created": HISTORY_CREATED,
+                                    "created_by": f"{created_by} {result.diff_id}"})
         finally:
             for result in results:
                 result.discard()

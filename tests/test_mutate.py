@@ -154,3 +154,17 @@ def test_index_base_needs_a_platform(tmp_path: Path) -> None:
     desc = mutate_image(store, "multi", user="x", platform=Platform.parse("linux/amd64"), dst_tag="one")
     _, m = load_manifest(store, "one")
     assert m.digest == desc.digest and isinstance(m, Manifest)
+
+
+def test_append_digest_depends_on_content_not_on_the_source_name(tmp_path: Path) -> None:
+    store = create_layout(tmp_path / "layout")
+    _base(store)
+    digests = []
+    for name in ("app", "elsewhere-named"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "hello.txt").write_text("same content\n")
+        digests.append(append_layers(store, "base", [d], store, name).digest)
+    assert digests[0] == digests[1]
+    config = load_config(store, load_manifest(store, "app")[1].config)
+    assert config.raw.count(b"ocibuild append sha256:") == 1  # history names the layer by its diff_id
