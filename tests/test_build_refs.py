@@ -134,8 +134,12 @@ def test_buildpack_image_names_resolve_on_the_default_registry_and_ids_on_the_bu
 
 def test_a_bare_builder_id_with_a_slash_selects_it(tmp_path: Path, app: Path) -> None:
     scratch = tmp_path / "scratch"
-    proc = _build(f"oci:{tmp_path}/out:app", "-b", "ocibuild/procfile", "--json", scratch=scratch, app=app)
-    assert json.loads(proc.stdout)["group"] == [PROCFILE]
+    for source in ("ocibuild/procfile", "urn:cnb:builder:ocibuild/procfile", PROCFILE):
+        proc = _build(f"oci:{tmp_path}/out:app", "-b", source, "--json", scratch=scratch, app=app)
+        assert json.loads(proc.stdout)["group"] == [PROCFILE], source
+    proc = _build(f"oci:{tmp_path}/out:app", "-b", "ocibuild/procfile@9.9.9", scratch=scratch, app=app, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "9.9.9" in last and "not found on the builder" in last, proc.stderr
 
 
 def test_a_missing_directory_is_not_taken_for_an_image(tmp_path: Path) -> None:

@@ -337,6 +337,9 @@ def _project(opts: BuildOptions, app: Path) -> Any:
     return load_project(Path(path))
 
 
+BUILDER_URN = "urn:cnb:builder:"
+
+
 def _on_builder(source: str, builder: Any) -> bool:
     """``id`` or ``id@version`` of a buildpack the builder holds (pack's ID locator)."""
     bp_id, _, version = source.partition("@")
@@ -347,7 +350,8 @@ def _on_builder(source: str, builder: Any) -> bool:
 def _is_builder_ref(source: str, builder: Any = None) -> bool:
     """Whether a ``--buildpack`` names a buildpack on the builder rather than a path or an image.
 
-    Precedence, as pack's locators: an existing path; then an id[@version] the builder holds (ids
+    Precedence, as pack's locators (``urn:cnb:builder:ID[@VERSION]`` always names the builder's
+    buildpack): an existing path; then an id[@version] the builder holds (ids
     may contain ``/``: ``ocibuild/procfile``); then an image reference (``team/bp:1``, ``bpkg:1``,
     ``oci:DIR:TAG``). An ``id@version`` the builder lacks (``@`` but no ``:``, so not an image digest)
     stays an id, so that the error names the builder rather than a registry.
@@ -370,6 +374,12 @@ def _requested_buildpacks(sources: tuple[str, ...], opts: BuildOptions, builder:
     extra: list[Any] = []
     members: list[str] = []
     for source in sources:
+        if source.startswith(BUILDER_URN):  # pack's explicit ID locator
+            members.append(source[len(BUILDER_URN):])
+            continue
+        if source.startswith("urn:cnb:registry:"):
+            raise UsageError(f"--buildpack {source}: the Buildpack Registry is not supported; "
+                             "give an image reference instead")
         if _is_builder_ref(source, builder):
             members.append(source)
             continue
