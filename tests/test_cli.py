@@ -189,3 +189,11 @@ def test_login_logout_against_basic_auth_registry(tmp_path, basic_registry, sent
     assert (tmp_path / "docker" / "config.json").exists()
     out = ocibuild("logout", basic_registry.host, env={**os.environ, **env})
     assert out.returncode == 0 and "removed credentials" in out.stderr
+
+
+def test_missing_ca_cert_is_a_usage_error_before_any_request(tmp_path):
+    missing = tmp_path / "nope.pem"
+    for args, env in ((["--ca-cert", str(missing)], None), ([], {"OCIBUILD_CA_CERT": str(missing)})):
+        result = cli(*args, "tags", "127.0.0.1:9/x", env=env)
+        assert result.exit_code == 2, result.output
+        assert f"{missing}: no such file" in result.output and "Traceback" not in result.output

@@ -159,6 +159,9 @@ def _root(
     ),
 ) -> None:
     """Daemonless OCI image manipulator and Cloud Native Buildpacks builder."""
+    if ca_cert and not os.path.isfile(ca_cert):
+        # checked here: requests would only say "no suitable TLS CA certificate bundle" at the first request
+        raise typer.BadParameter(f"{ca_cert}: no such file", param_hint="--ca-cert / OCIBUILD_CA_CERT")
     ctx.obj = GlobalOptions(
         registry=registry or None,
         insecure_registries=tuple(insecure_registry),
