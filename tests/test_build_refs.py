@@ -130,6 +130,15 @@ def test_buildpack_image_names_resolve_on_the_default_registry_and_ids_on_the_bu
         proc = _build(f"oci:{out}:app", "-b", source, "-b", "ocibuild/procfile", "--json", scratch=scratch, app=app,
                       registry=registry.host)
         assert json.loads(proc.stdout)["group"] == ["test/greeter@1.0.0", PROCFILE], source
+    # A composite's package.toml dependency resolves on the same registry.
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "buildpack.toml").write_text('api = "0.10"\n[buildpack]\nid = "test/meta"\nversion = "1.0.0"\n'
+                                         '[[order]]\n[[order.group]]\nid = "test/greeter"\nversion = "1.0.0"\n')
+    (meta / "package.toml").write_text(f'[[dependencies]]\nimage = "{short}:1"\n')
+    proc = _build(f"oci:{tmp_path}/out-meta:app", "-b", str(meta), "-b", "ocibuild/procfile", "--json",
+                  scratch=scratch, app=app, registry=registry.host)
+    assert json.loads(proc.stdout)["group"] == ["test/greeter@1.0.0", PROCFILE]
 
 
 def test_a_bare_builder_id_with_a_slash_selects_it(tmp_path: Path, app: Path) -> None:

@@ -465,7 +465,7 @@ def load_buildpacks(
             raise UsageError(f"buildpack source {text!r} does not exist")
         return load_package_image(text, platform, options, default_registry)
     if path.is_dir():
-        return _load_directory(path, platform, options)
+        return _load_directory(path, platform, options, default_registry)
     if _is_package_file(path):
         return load_package_file(path, platform)
     return _load_archive(path)
@@ -501,7 +501,8 @@ def _is_package_file(path: Path) -> bool:
         return False
 
 
-def _load_directory(path: Path, platform: Platform | None, options: Any) -> list[Buildpack]:
+def _load_directory(path: Path, platform: Platform | None, options: Any,
+                    default_registry: str | None = None) -> list[Buildpack]:
     descriptor = path / "buildpack.toml"
     if not descriptor.is_file():
         raise UsageError(f"{path}: no buildpack.toml")
@@ -519,7 +520,8 @@ def _load_directory(path: Path, platform: Platform | None, options: Any) -> list
             ref = dep.get("uri") or dep.get("image") if isinstance(dep, Mapping) else None
             if not isinstance(ref, str) or not ref:
                 raise UsageError(f"{package}: every dependency needs a uri or an image")
-            deps.extend(load_buildpacks(ref, base_dir=path, platform=platform, options=options))
+            deps.extend(load_buildpacks(ref, base_dir=path, platform=platform, options=options,
+                                        default_registry=default_registry))
     return [main] + deps
 
 
