@@ -209,6 +209,11 @@ def test_the_run_image_is_recorded_qualified_and_rebase_accepts_its_repository(
     assert md["stack"]["runImage"]["image"] == f"{registry.host}/{fresh_repo}/run:1"
     ocibuild("--registry", registry.host, "rebase", f"{fresh_repo}/app:1", "--run-image",
              f"{registry.host}/{fresh_repo}/run:2", scratch=scratch)
+    # a short name resolves on --registry, as the build's did, and names the same repository
+    ocibuild("--registry", registry.host, "rebase", f"{fresh_repo}/app:1", "--run-image",
+             f"{fresh_repo}/run:1", scratch=scratch)
+    assert _lifecycle_md(f"{fresh_repo}/app:1", scratch, registry.host)["runImage"]["image"] == (
+        f"{registry.host}/{fresh_repo}/run:1")
 
 
 def test_the_builders_run_image_mirrors_are_recorded(tmp_path: Path, app: Path) -> None:

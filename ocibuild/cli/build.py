@@ -109,11 +109,11 @@ def build(
     image: str = typer.Argument(..., metavar="IMAGE", help="Where the app image goes: REF or oci:DIR:TAG"),
     builder: Optional[str] = typer.Option(None, "--builder", "-B", help="Builder image (default: ocibuild's embedded busybox builder)."),
     path: Path = typer.Option(Path("."), "--path", "-p", help="App directory."),
-    buildpack: list[str] = typer.Option([], "--buildpack", "-b", help="id@version on the builder, a directory, .tgz, .cnb or buildpackage image (repeatable)."),
+    buildpack: list[str] = typer.Option([], "--buildpack", "-b", help="An existing path (directory, .tgz, .cnb), else id[@version] on the builder, else a buildpackage image reference (repeatable)."),
     env: list[str] = typer.Option([], "--env", "-e", help="Build-time env KEY=VALUE (repeatable)."),
     env_file: list[Path] = typer.Option([], "--env-file", help="File of KEY=VALUE lines."),
     run_image: Optional[str] = typer.Option(None, "--run-image", help="Run image (default: the builder's)."),
-    tag: list[str] = typer.Option([], "--tag", "-t", help="Additional tag in the same repository or layout (repeatable)."),
+    tag: list[str] = typer.Option([], "--tag", "-t", help="Another name for the image: image:tag or repository/image:tag on IMAGE's registry, or a tag of the same oci: layout (repeatable)."),
     cache_image: Optional[str] = typer.Option(None, "--cache-image", help="Keep the build cache as an image."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep the build cache in a directory."),
     clear_cache: bool = typer.Option(False, "--clear-cache", help="Do not restore the cache."),
@@ -181,8 +181,11 @@ def rebase(
     store, ident = open_reference(image, opts.registry, opts.registry_options())
     run_ref = run_image or _named_run_image(store, ident or "latest")
     run_store, run_ident = open_reference(run_ref, opts.registry, opts.registry_options())
+    from ocibuild.oci.reference import parse_reference
+
+    qualified = str(parse_reference(run_ref, opts.registry))  # as the build recorded it (no short names)
     result = run_rebase(store, ident or "latest", run_store, run_ident or "latest", force=force, dst_tag=tag,
-                        new_run_name=run_ref)
+                        new_run_name=qualified)
     if as_json:
         emit_json({"image": image, "digest": str(result.descriptor.digest), "runImage": run_ref})
         return

@@ -123,7 +123,8 @@ def read_builder_config(path: str | os.PathLike[str]) -> BuilderConfig:
     )
 
 
-def config_buildpacks(config: BuilderConfig, platform: Platform | None = None, options: Any = None) -> list[Buildpack]:
+def config_buildpacks(config: BuilderConfig, platform: Platform | None = None, options: Any = None,
+                      default_registry: str | None = None) -> list[Buildpack]:
     out: list[Buildpack] = []
     for entry in config.buildpacks:
         source = entry.uri or entry.image
@@ -132,7 +133,8 @@ def config_buildpacks(config: BuilderConfig, platform: Platform | None = None, o
                              "(ocibuild does not query buildpack registries)")
         if source.startswith(("http://", "https://")):
             raise UsageError(f"{config.path}: {source}: download it and point uri at the local file")
-        out.extend(load_buildpacks(source, base_dir=config.base_dir, platform=platform, options=options))
+        out.extend(load_buildpacks(source, base_dir=config.base_dir, platform=platform, options=options,
+                                   default_registry=default_registry))
     return dedupe(out)
 
 
@@ -170,7 +172,7 @@ def create_builder(
     ref = parse_reference(target, default_registry)
     target_store = open_parsed(ref, options, for_write=True)
     kwargs: dict[str, Any] = dict(
-        buildpacks=config_buildpacks(config, platform, options),
+        buildpacks=config_buildpacks(config, platform, options, default_registry),
         order=config.order,
         lifecycle=config_lifecycle(config),
         description=config.description,
