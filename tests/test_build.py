@@ -215,14 +215,12 @@ def _lifecycle_tgz(path: Path, launcher: bytes) -> Path:
     return path
 
 
-def test_the_builders_own_launcher_is_used_when_it_has_a_lifecycle(tmp_path: Path, app: Path,
-                                                                     warm_scratch: Path) -> None:
+def procfile_builder_toml(layout: Path, *, run_extra: str = "", extra: str = "") -> str:
+    """A builder.toml: the default builder's build and run images (tags of ``layout``) with its
+    procfile buildpack; ``run_extra`` goes into the run image entry, ``extra`` at the end."""
     from ocibuild.cnb.defaults import BUILD_TAG, RUN_TAG, default_buildpacks_dir
-    from ocibuild.cnb.launcher import launcher_bytes
 
-    scratch_layout = warm_scratch / "layout"
-    launcher = b"#!/bin/sh\n# the builder's own lifecycle launcher (a stand-in)\nexec \"$@\"\n"
-    (tmp_path / "builder.toml").write_text(f"""
+    return f"""
 [[buildpacks]]
 uri = "{default_buildpacks_dir() / 'procfile'}"
 
@@ -231,14 +229,22 @@ uri = "{default_buildpacks_dir() / 'procfile'}"
 id = "ocibuild/procfile"
 
 [build]
-image = "oci:{scratch_layout}:{BUILD_TAG}"
+image = "oci:{layout}:{BUILD_TAG}"
 
 [[run.images]]
-image = "oci:{scratch_layout}:{RUN_TAG}"
+image = "oci:{layout}:{RUN_TAG}"
+{run_extra}
+{extra}"""
 
-[lifecycle]
-uri = "{_lifecycle_tgz(tmp_path / 'lifecycle.tgz', launcher)}"
-""")
+
+def test_the_builders_own_launcher_is_used_when_it_has_a_lifecycle(tmp_path: Path, app: Path,
+                                                                     warm_scratch: Path) -> None:
+    from ocibuild.cnb.launcher import launcher_bytes
+
+    scratch_layout = warm_scratch / "layout"
+    launcher = b"#!/bin/sh\n# the builder's own lifecycle launcher (a stand-in)\nexec \"$@\"\n"
+    (tmp_path / "builder.toml").write_text(procfile_builder_toml(
+        scratch_layout, extra=f'[lifecycle]\nuri = "{_lifecycle_tgz(tmp_path / "lifecycle.tgz", launcher)}"\n'))
     ocibuild("builder", "create", "--config", str(tmp_path / "builder.toml"), "--tag",
              f"oci:{tmp_path}/builder:b1", scratch=warm_scratch)
     for name, builder, expected in (("own", f"oci:{tmp_path}/builder:b1", launcher),

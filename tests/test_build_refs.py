@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from support.images import layer_tar, write_image
-from test_build import BUILDPACKS, HELLO, PROCFILE, ocibuild
+from test_build import BUILDPACKS, HELLO, PROCFILE, ocibuild, procfile_builder_toml
 
 GREETER = BUILDPACKS / "greeter"
 
@@ -217,26 +217,13 @@ def test_the_run_image_is_recorded_qualified_and_rebase_accepts_its_repository(
 
 
 def test_the_builders_run_image_mirrors_are_recorded(tmp_path: Path, app: Path) -> None:
-    from ocibuild.cnb.defaults import RUN_TAG, BUILD_TAG, default_buildpacks_dir
+    from ocibuild.cnb.defaults import RUN_TAG
 
     scratch = tmp_path / "scratch"
     _build(f"oci:{tmp_path}/warm:app", scratch=scratch, app=app)
     layout = scratch / "layout"
-    (tmp_path / "builder.toml").write_text(f"""
-[[buildpacks]]
-uri = "{default_buildpacks_dir() / 'procfile'}"
-
-[[order]]
-[[order.group]]
-id = "ocibuild/procfile"
-
-[build]
-image = "oci:{layout}:{BUILD_TAG}"
-
-[[run.images]]
-image = "oci:{layout}:{RUN_TAG}"
-mirrors = ["mirror.example/run:1", "run-mirror:1", "oci:{tmp_path}/mirror:run"]
-""")
+    (tmp_path / "builder.toml").write_text(procfile_builder_toml(
+        layout, run_extra=f'mirrors = ["mirror.example/run:1", "run-mirror:1", "oci:{tmp_path}/mirror:run"]'))
     ocibuild("builder", "create", "--config", str(tmp_path / "builder.toml"), "--tag",
              f"oci:{tmp_path}/builder:b1", scratch=scratch)
     out = f"oci:{tmp_path}/out:app"
