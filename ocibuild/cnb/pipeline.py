@@ -91,12 +91,12 @@ def build(opts: BuildOptions, say: Say = lambda _m: None) -> BuildOutcome:
     app = Path(opts.path).absolute()
     if not app.is_dir():
         raise UsageError(f"app directory {opts.path} does not exist")
-    destinations(opts)  # every name checked before anything is built or pushed
+    dest = destinations(opts)  # every name checked before anything is built or pushed
     scratch = Scratch.resolve(opts.scratch).ensure()
     lease = Lease(scratch).acquire()
     outcome: BuildOutcome | None = None
     try:
-        outcome = _build(opts, app, scratch, lease, say)
+        outcome = _build(opts, dest, app, scratch, lease, say)
     finally:
         report = release_and_collect(lease, scratch, registry_options=opts.registry_options)
         if report is not None and outcome is not None:
@@ -177,13 +177,12 @@ def _tag_other_repositories(dest: Destinations, source: Any, result: Any, opts: 
         store.put_manifest(result.descriptor, result.manifest.raw, tag=ref.tag)
 
 
-def _build(opts: BuildOptions, app: Path, scratch: Any, lease: Any, say: Say) -> BuildOutcome:
+def _build(opts: BuildOptions, dest: Destinations, app: Path, scratch: Any, lease: Any, say: Say) -> BuildOutcome:
     from ocibuild.cnb.builder import builder_from_parts, open_builder
     from ocibuild.cnb.compose import compose_builder
     from ocibuild.cnb.defaults import DEFAULT_BUILDER, ensure_default_builder
 
     phases = _Phases(say)
-    dest = destinations(opts)
     scratch_store = scratch.open_layout()
     work = scratch.work_path / lease.id
     work.mkdir(parents=True)
