@@ -7,12 +7,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from ocibuild.cli.options import global_options
 from ocibuild.cli.output import emit, emit_json, note
+
+if TYPE_CHECKING:
+    from ocibuild.cnb.errors import DetectFailed
 
 
 def _env(values: list[str], files: list[Path]) -> dict[str, str]:
@@ -49,49 +52,15 @@ def _creation_time(value: str | None) -> int | None:
     return int(value)
 
 
-def _detect_report(log: tuple[str, ...], verbose: bool) -> str:
-    """What a failed detection shows before its error line, as the lifecycle logs it.
-
-    ``-v``: the whole log (every buildpack's ``======== Output: id@version ========`` block and every
-    group's ``======== Results ========``). Otherwise only what errored: the output of each buildpack
-    whose bin/detect errored (once, though several groups may have tried it) and its ``err:`` line.
-    """
+def _detect_report(err: DetectFailed, verbose: bool) -> str:
+    """What a failed detection shows before its error line, as the lifecycle logs it: with ``-v``
+    the whole log; otherwise what errored (the errored buildpacks' output and ``err:`` lines)."""
     from ocibuild.cnb.detect import NO_GROUP_MESSAGE
+    from ocibuild.cnb.errors import DetectErrored
 
     if verbose:
-        return "\n".join(line for line in log if line != NO_GROUP_MESSAGE)
-    errored = {line[4:].strip().split(" (")[0] for line in log if line.startswith("err:")}
-    if not errored:
-        return ""
-    out: list[str] = []
-    seen: set[tuple[str, ...]] = set()
-    results: list[str] = []
-    header: str | None = None
-    body: list[str] = []
-
-    def flush() -> None:
-        if header is None:
-            return
-        name = header.split(": ", 1)[1].rsplit(" ========", 1)[0] if ": " in header else ""
-        block = (header, *body)
-        if name in errored and block not in seen:
-            seen.add(block)
-            out.extend(block)
-
-    for line in log:
-        if line.startswith("======== Output: ") or line.startswith("======== Error: "):
-            flush()
-            header, body = line, []
-        elif line == "======== Results ========":
-            flush()
-            header, body = None, []
-        elif line.startswith("err:"):
-            if line not in results:
-                results.append(line)
-        elif header is not None:
-            body.append(line)
-    flush()
-    return "\n".join([*out, "======== Results ========", *results])
+        return "\n".join(line for line in err.log if line != NO_GROUP_MESSAGE)
+    return err.report if isinstance(err, DetectErrored) else ""
 
 
 def _run_build(run_build, options, quiet: bool):  # noqa: ANN001, ANN202
@@ -148,7 +117,7 @@ def build(
             default_registry=opts.registry, registry_options=opts.registry_options(),
         ), quiet)
     except DetectFailed as err:
-        report = _detect_report(err.log, verbose) if verbose or not quiet else ""
+        report = _detect_report(err, verbose) if verbose or not quiet else ""
         if report:
             sys.stderr.write(report.rstrip("\n") + "\n")
             sys.stderr.flush()

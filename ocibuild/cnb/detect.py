@@ -10,7 +10,6 @@ passed, 21 when additionally a bin/detect errored (exit other than 0/100 or a re
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, replace
@@ -165,13 +164,8 @@ class _Detector:
     # -- Resolve ------------------------------------------------------------------------------------
     def resolve(self, done: list[GroupElement]) -> tuple[tuple[GroupElement, ...], Plan]:
         runs = [self.runs[str(el)] for el in done]
-        for el, run in zip(done, runs):
-            if run.output:
-                self.log.append(f"======== Output: {el} ========")
-                self.log.append(run.output.rstrip("\n"))
-            if run.error:
-                self.log.append(f"======== Error: {el} ========")
-                self.log.append(run.error)
+        for run in runs:
+            self.log.extend(_output_block(run))
         self.log.append("======== Results ========")
         detected, any_passed, errored = True, False, False
         passed: list[tuple[GroupElement, BuildPlan]] = []
@@ -184,7 +178,7 @@ class _Detector:
                 self.log.append(f"{'skip' if el.optional else 'fail'}: {el}")
                 detected = detected and el.optional
             else:
-                self.log.append(f"err:  {el}" + (f" ({run.code})" if run.code > 0 else ""))
+                self.log.append(_err_line(run))
                 errored = True
                 detected = detected and el.optional
         if not detected:
@@ -247,12 +241,29 @@ def detect(
                 if r.code not in (CODE_PASS, CODE_FAIL)
             ]
             raise DetectErrored(
-                f"{NO_GROUP_MESSAGE} Buildpack(s) errored: {', '.join(bad)}", log=log
+                f"{NO_GROUP_MESSAGE} Buildpack(s) errored: {', '.join(bad)}", log=log, report=_errored_report(detector)
             ) from None
         raise DetectFailed(NO_GROUP_MESSAGE, log=log) from None
     return DetectResult(group, plan, tuple(detector.runs.values()), tuple(detector.log))
 
 
-def detect_verbose_log(result_or_error: DetectResult | DetectFailed) -> str:
-    """The detection log (every buildpack's output, the pass/fail lines) for ``-v``."""
-    return os.linesep.join(result_or_error.log)
+def _output_block(run: DetectRun) -> list[str]:
+    """A buildpack's ``======== Output ========`` (and ``Error``) block of the detection log."""
+    lines = []
+    if run.output:
+        lines += [f"======== Output: {run.element} ========", run.output.rstrip("\n")]
+    if run.error:
+        lines += [f"======== Error: {run.element} ========", run.error]
+    return lines
+
+
+def _err_line(run: DetectRun) -> str:
+    return f"err:  {run.element}" + (f" ({run.code})" if run.code > 0 else "")
+
+
+def _errored_report(detector: _Detector) -> str:
+    """Each errored buildpack's output block (once, though several groups may have run it), then
+    the ``Results`` with their ``err:`` lines: what the lifecycle shows of errors without ``-v``."""
+    errored = [r for r in detector.runs.values() if r.code not in (CODE_PASS, CODE_FAIL)]
+    lines = [line for r in errored for line in _output_block(r)]
+    return "\n".join([*lines, "======== Results ========", *(_err_line(r) for r in errored)])

@@ -44,9 +44,16 @@ class DetectFailed(CNBError):
 
 
 class DetectErrored(DetectFailed):
-    """No group passed detection and at least one bin/detect errored (lifecycle code 21)."""
+    """No group passed detection and at least one bin/detect errored (lifecycle code 21).
+
+    ``report`` is what the lifecycle shows of it without ``-v``: each errored buildpack's output and
+    its ``err:`` result line."""
 
     exit_code = 21
+
+    def __init__(self, message: str, *, log: tuple[str, ...] = (), report: str = "", buildpack: str | None = None):
+        super().__init__(message, log=log, buildpack=buildpack)
+        self.report = report
 
 
 class DetectError(CNBError):
