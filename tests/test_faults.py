@@ -123,12 +123,26 @@ def within_budget(case: str) -> bool:
     return not case.endswith("beyond-retries")
 
 
-def fail_cleanly_then_retry(proc: subprocess.CompletedProcess[str],
-                            retry: Callable[[], subprocess.CompletedProcess[str]], what: str) -> None:
-    """Beyond the budget: one error line; then the same copy without faults completes."""
+def copy_through_faults(proxy: FaultProxy, case: str, faults: list[Fault], what: str,
+                        copy: Callable[[], subprocess.CompletedProcess[str]],
+                        left_nothing: Callable[[], None]) -> None:
+    """Run ``copy`` with ``faults`` injected. Within the retry budget it must succeed. Beyond it: a
+    non-zero exit, nothing committed (``left_nothing``), one error line, and the same copy without
+    faults then completes."""
+    proxy.inject(*faults)
+    proc = copy()
+    if case in MUST_INJECT:
+        assert not proxy.faults, f"{case}: faults never fired: {list(proxy.faults)}"
+    if within_budget(case):
+        assert proc.returncode == 0, f"{case}: {what} within the retry budget failed: {proc.stderr}"
+        OUTCOMES[f"{what} completed"] += 1
+        return
+    assert proc.returncode != 0
+    left_nothing()
+    proxy.faults.clear()
     one_line_error(proc)
     OUTCOMES[f"{what} failed cleanly"] += 1
-    again = retry()
+    again = copy()
     assert again.returncode == 0, f"retried {what} failed: {again.stderr}"
     OUTCOMES[f"retried {what} completed"] += 1
 
@@ -136,19 +150,13 @@ def fail_cleanly_then_retry(proc: subprocess.CompletedProcess[str],
 @pytest.mark.parametrize("case", sorted(PUSH_FAULTS))
 def test_push_through_faults(tmp_path: Path, registry: RegistryServer, proxy: FaultProxy, image: ImageInfo,
                              fresh_repo: str, case: str) -> None:
-    proxy.inject(*PUSH_FAULTS[case])
-    proc = ocibuild("copy", image.ref, f"{proxy.host}/{fresh_repo}:v1", tmp=tmp_path, host=proxy.host)
-    if case in MUST_INJECT:
-        assert not proxy.faults, f"{case}: faults never fired: {list(proxy.faults)}"
-    if within_budget(case):
-        assert proc.returncode == 0, f"{case}: push within the retry budget failed: {proc.stderr}"
-        OUTCOMES["push completed"] += 1
-    else:
-        assert proc.returncode != 0
+    def no_tag() -> None:
         assert not registry_has_tag(registry, fresh_repo, "v1"), "a failed push left its tag"
-        proxy.faults.clear()
-        fail_cleanly_then_retry(proc, lambda: ocibuild("copy", image.ref, f"{proxy.host}/{fresh_repo}:v1",
-                                                       tmp=tmp_path, host=proxy.host), "push")
+
+    copy_through_faults(
+        proxy, case, PUSH_FAULTS[case], "push",
+        lambda: ocibuild("copy", image.ref, f"{proxy.host}/{fresh_repo}:v1", tmp=tmp_path, host=proxy.host),
+        no_tag)
     pushed_intact(registry, fresh_repo, "v1", image, tmp_path)
 
 
@@ -176,20 +184,11 @@ def pushed(registry: RegistryServer, image: ImageInfo, tmp_path_factory: pytest.
 
 @pytest.mark.parametrize("case", sorted(PULL_FAULTS))
 def test_pull_through_faults(tmp_path: Path, proxy: FaultProxy, image: ImageInfo, pushed: str, case: str) -> None:
-    proxy.inject(*PULL_FAULTS[case])
     dest = tmp_path / "dest"
-    proc = ocibuild("copy", f"{proxy.host}/{pushed}:v1", f"oci:{dest}:v1", tmp=tmp_path, host=proxy.host)
-    if case in MUST_INJECT:
-        assert not proxy.faults, f"{case}: faults never fired: {list(proxy.faults)}"
-    if within_budget(case):
-        assert proc.returncode == 0, f"{case}: pull within the retry budget failed: {proc.stderr}"
-        OUTCOMES["pull completed"] += 1
-    else:
-        assert proc.returncode != 0
-        verify_layout(dest, "v1", None)
-        proxy.faults.clear()
-        fail_cleanly_then_retry(proc, lambda: ocibuild("copy", f"{proxy.host}/{pushed}:v1", f"oci:{dest}:v1",
-                                                       tmp=tmp_path, host=proxy.host), "pull")
+    copy_through_faults(
+        proxy, case, PULL_FAULTS[case], "pull",
+        lambda: ocibuild("copy", f"{proxy.host}/{pushed}:v1", f"oci:{dest}:v1", tmp=tmp_path, host=proxy.host),
+        lambda: verify_layout(dest, "v1", None))
     verify_layout(dest, "v1", image.manifest.digest)
 
 
