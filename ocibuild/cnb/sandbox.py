@@ -1,79 +1,115 @@
-"""Run buildpack executables so that host directories appear at the image's paths (/layers, /workspace).
+"""Run a buildpack's executables in a sandbox: the build image's file system, the build user, no host.
 
-Buildpacks write absolute paths (launch.toml, env files, scripts); they must resolve when the image
-runs, so bin/build has to see the layers under ``/layers`` and the app under ``/workspace`` even
-though ocibuild keeps them in a scratch directory. Inside a private mount namespace (as root, or as
-an unprivileged user in a user namespace mapped to root) a small helper builds a tmpfs root that
-bind-mounts every top-level entry of ``/``, adds the requested directories at their target paths,
-``chroot``s into it and execs the buildpack. Nothing is created on the host outside the given
-directories.
+A ``Sandbox`` says what the command sees: with ``rootfs`` (a build), an overlayfs of the builder's
+extracted layers with a throw-away upper directory, in private mount, PID, IPC and UTS namespaces
+(and a network namespace with ``network="none"``), its own ``/proc``, a minimal ``/dev``, a private
+``/tmp``, the scratch directories bound at ``/layers``, ``/workspace``, ``/platform``, and the
+command running as the builder's CNB user. Without ``rootfs`` (library use: ``prepare_sandbox``) the
+host's own root is bound instead and only the given directories are placed; a build never runs so.
 
-The helper is ``_mountns.py`` run by this interpreter with ``-I -S`` (no site, ~15 ms): mounts are
-``mount(2)`` calls through ctypes, not one ``mount`` process per top-level entry, so a sandboxed run
-costs about what a plain one does. It reports a failed set-up on a status pipe that closes on exec,
-so the first run tells whether a namespace can be had; no separate probe run.
+As root the namespaces are created directly and the command switches to the build user; as an
+unprivileged user a user namespace maps the caller to the build user (the kernel lets its owner
+mount overlayfs there since Linux 5.11). Without subordinate ids every file of the image then
+appears owned by the build user, so the root is mounted read-only, with a writable ``$HOME`` on top.
 
-Every run starts in a session (and process group) of its own, so that an interrupted build can stop
-the buildpack and everything it started: a CI job cancelled with SIGTERM signals ocibuild alone, and
-a ``sleep`` a bin/build backgrounded would otherwise outlive the build.
+The set-up is ``_mountns.py``, run by this interpreter with ``-I -S`` (stdlib only, ~15 ms): it
+reports a failed set-up on a status pipe that closes on exec, so the first run tells whether a
+namespace can be had. Every run starts in a session (and process group) of its own, so that an
+interrupted build can stop the buildpack and everything it started; with ``isolate`` the PID
+namespace's init exits with the command, which kills whatever the command left running.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from ocibuild.cnb import _mountns
 from ocibuild.cnb.errors import SandboxUnavailable
+from ocibuild.cnb.rootfs import RootFS
 
-__all__ = ["Sandbox", "SandboxUnavailable", "prepare_sandbox", "stop_group"]
+__all__ = ["DIRECT", "Mount", "Sandbox", "SandboxUnavailable", "prepare_sandbox", "stop_group"]
 
 #: The helper script (standard library only), run by path so that it never imports ocibuild.
 _HELPER = Path(_mountns.__file__)
 #: Seconds an interrupted buildpack's process group has between SIGTERM and SIGKILL.
 STOP_GRACE = 2.0
+NETWORKS = ("host", "none")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory (or file) at ``target`` inside the sandbox."""
+
+    source: Path
+    target: str
+    writable: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.target.startswith("/") or ".." in Path(self.target).parts:
+            raise SandboxUnavailable(f"sandbox target {self.target!r} must be an absolute path without '..'")
 
 
 @dataclass(frozen=True)
 class Sandbox:
-    """How to run a command so that each host dir of ``mounts`` appears at its target path.
+    """How a command runs; ``mode`` is ``direct`` (as is, on the host), ``root`` or ``user``."""
 
-    ``mode`` is ``direct`` (every host dir already is its target: run as is), ``root`` (private
-    mount namespace) or ``user`` (unprivileged user + mount namespace).
-    """
-
-    mounts: tuple[tuple[Path, str], ...]
+    mounts: tuple[Mount, ...]
     mode: str
+    rootfs: RootFS | None = None
+    uid: int = 0
+    gid: int = 0
+    isolate: bool = False
+    network: str = "host"
+    hostname: str = ""
+    readonly_root: bool = False
+    home: str = ""
+    files: tuple[tuple[str, str], ...] = ()
 
     def visible(self, host: Path | str) -> str:
         """The path a sandboxed command sees for host path ``host``."""
         host = Path(host).absolute()
-        if self.mode != "direct":
-            for src, target in self.mounts:
-                if host == src or src in host.parents:
-                    rel = host.relative_to(src)
-                    return target if str(rel) == "." else f"{target.rstrip('/')}/{rel}"
+        if self.mode == "direct":
+            return str(host)
+        for m in self.mounts:
+            if host == m.source or m.source in host.parents:
+                rel = host.relative_to(m.source)
+                return m.target if str(rel) == "." else f"{m.target.rstrip('/')}/{rel}"
+        for layer in self.rootfs.layers if self.rootfs is not None else ():
+            if layer in host.parents:
+                return f"/{host.relative_to(layer)}"
         return str(host)
 
-    def command(self, argv: Sequence[str], cwd: str, root_dir: Path, status_fd: int) -> list[str]:
-        """The argv to exec; ``root_dir`` is an empty scratch directory used as the new root and
-        ``status_fd`` an inheritable pipe end the helper reports a failed set-up on."""
+    def spec(self, cwd: str, new_root: Path) -> dict:
+        """The helper's instructions (see ``_mountns``)."""
+        if self.rootfs is not None:
+            root: dict = {"layers": [str(p) for p in self.rootfs.layers], "readonly": self.readonly_root,
+                          "home": self.home}
+        else:
+            root = {"host": sorted({m.target.strip("/") for m in self.mounts
+                                    if m.target.strip("/") and "/" not in m.target.strip("/")})}
+        return {
+            "mode": self.mode, "uid": self.uid, "gid": self.gid, "root": root, "new_root": str(new_root),
+            "isolate": self.isolate, "network": self.network, "hostname": self.hostname,
+            "files": [list(f) for f in self.files],
+            "mounts": [[str(m.source), m.target, m.writable] for m in self.mounts], "cwd": cwd,
+        }
+
+    def command(self, argv: Sequence[str], cwd: str, new_root: Path, status_fd: int) -> list[str]:
+        """The argv to exec; ``new_root`` is an empty directory the helper mounts its root on and
+        ``status_fd`` an inheritable pipe end it reports a failed set-up on."""
         if self.mode == "direct":
             return list(argv)
-        skip = " ".join(t.strip("/") for _, t in self.mounts if t.strip("/") and "/" not in t.strip("/"))
-        return [
-            sys.executable, "-I", "-S", str(_HELPER),
-            str(status_fd), self.mode, str(root_dir), cwd, str(len(self.mounts)), skip,
-            *[x for src, target in self.mounts for x in (str(src), target)],
-            *argv,
-        ]
+        return [sys.executable, "-I", "-S", str(_HELPER), str(status_fd),
+                json.dumps(self.spec(cwd, new_root)), *argv]
 
     def run(
         self,
@@ -86,22 +122,15 @@ class Sandbox:
     ) -> subprocess.CompletedProcess:
         """Run ``argv`` (paths as seen inside) with ``cwd`` (seen inside); capture per stdout/stderr.
 
-        Raises ``SandboxUnavailable`` when the mount namespace cannot be set up here.
+        Raises ``SandboxUnavailable`` when the sandbox cannot be set up here.
         """
         if self.mode == "direct":
-            with subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=stdout, stderr=stderr,
-                                  start_new_session=True) as proc:
-                try:
-                    out, err = proc.communicate()
-                except BaseException:
-                    stop_group(proc)
-                    raise
-            return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-        with tempfile.TemporaryDirectory(prefix="ocibuild-root-") as root_dir:
+            return _run_direct(argv, cwd, env, stdout, stderr)
+        with tempfile.TemporaryDirectory(prefix="ocibuild-root-") as new_root:
             read_end, write_end = os.pipe()
             try:
                 with subprocess.Popen(
-                    self.command(argv, cwd, Path(root_dir), write_end),
+                    self.command(argv, cwd, Path(new_root), write_end),
                     env=dict(env), stdout=stdout, stderr=stderr, pass_fds=(write_end,), start_new_session=True,
                 ) as proc:
                     try:
@@ -119,8 +148,19 @@ class Sandbox:
                     if fd >= 0:
                         os.close(fd)
         if reason and proc.returncode == _mountns.SETUP_FAILED:
-            raise _unavailable(self, reason)
+            raise unavailable(self, reason)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _run_direct(argv: Sequence[str], cwd: str, env: Mapping[str, str], stdout, stderr) -> subprocess.CompletedProcess:
+    with subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=stdout, stderr=stderr,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate()
+        except BaseException:
+            stop_group(proc)
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
@@ -176,38 +216,57 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _unavailable(sandbox: Sandbox, reason: str) -> SandboxUnavailable:
-    where = " and ".join(t for _, t in sandbox.mounts) or "the build paths"
-    hint = (
-        "run as root"
-        if sandbox.mode == "root"
-        else "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 / "
-        "user.max_user_namespaces), run as root"
-    )
-    return SandboxUnavailable(
-        f"cannot place {where} for buildpacks ({sandbox.mode} mount namespace failed: {reason}); "
-        f"{hint}, or pass --layers-dir/--workspace pointing to directories you can write"
-    )
+def _sysctl(name: str) -> str | None:
+    try:
+        return Path("/proc/sys", *name.split(".")).read_text().strip()
+    except OSError:
+        return None
+
+
+def namespace_hint(reason: str, mode: str) -> str:
+    """What to do about a failed set-up, from what failed and the kernel's settings."""
+    if "overlay" in reason:
+        return ("the kernel refused overlayfs here (it needs Linux 5.11 or later in a user namespace); "
+                "run as root or on a newer kernel")
+    if "unshare" not in reason:
+        return "check the paths given to the build"
+    if mode == "root":
+        return "the container lacks CAP_SYS_ADMIN (run it with --privileged or --cap-add SYS_ADMIN)"
+    if _sysctl("kernel.apparmor_restrict_unprivileged_userns") == "1":
+        return ("AppArmor restricts unprivileged user namespaces (Ubuntu 23.10+): "
+                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or run as root")
+    if _sysctl("kernel.unprivileged_userns_clone") == "0":
+        return "unprivileged user namespaces are off: sysctl -w kernel.unprivileged_userns_clone=1, or run as root"
+    if _sysctl("user.max_user_namespaces") == "0":
+        return "user namespaces are off: sysctl -w user.max_user_namespaces=15000, or run as root"
+    return ("no user namespace can be made here (a container without the capability, or a seccomp "
+            "filter): run as root, or allow user namespaces")
+
+
+def unavailable(sandbox: Sandbox, reason: str) -> SandboxUnavailable:
+    what = ("the build environment" if sandbox.rootfs is not None
+            else "place " + (" and ".join(m.target for m in sandbox.mounts) or "the build paths"))
+    hint = namespace_hint(reason, sandbox.mode)
+    if sandbox.rootfs is None:
+        hint += ", or pass --layers-dir/--workspace pointing to directories you can write"
+    return SandboxUnavailable(f"cannot {what if sandbox.rootfs is None else 'set up ' + what} "
+                              f"({sandbox.mode} mount namespace failed: {reason}); {hint}")
 
 
 DIRECT = Sandbox((), "direct")
 
 
 def prepare_sandbox(mounts: Mapping[str | Path, str], *, mode: str | None = None) -> Sandbox:
-    """A sandbox placing each host dir (key) at its absolute target path (value).
+    """A sandbox on the host's own root placing each host dir (key) at its absolute target path (value).
 
-    ``mode`` forces ``root``/``user``/``direct``; by default: ``direct`` when every host dir is
-    already its target, ``root`` when running as root, else ``user``. Whether a mount namespace can
-    be had is learnt on the first ``run`` (it raises ``SandboxUnavailable`` with what to do).
+    For library use (running a buildpack on this machine); builds use ``cnb.environment``. ``mode``
+    forces ``root``/``user``/``direct``; by default: ``direct`` when every host dir is already its
+    target, ``root`` when running as root, else ``user``.
     """
-    pairs = []
-    for host, target in mounts.items():
-        if not str(target).startswith("/") or ".." in Path(target).parts:
-            raise SandboxUnavailable(f"sandbox target {target!r} must be an absolute path without '..'")
-        pairs.append((Path(host).absolute(), str(target)))
+    pairs = tuple(Mount(Path(host).absolute(), str(target)) for host, target in mounts.items())
     if mode is None:
-        if all(str(h) == t for h, t in pairs):
+        if all(str(m.source) == m.target for m in pairs):
             mode = "direct"
         else:
             mode = "root" if os.geteuid() == 0 else "user"
-    return Sandbox(tuple(pairs), mode)
+    return Sandbox(pairs, mode)

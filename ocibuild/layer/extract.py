@@ -33,12 +33,14 @@ from ocibuild.errors import DigestMismatch, ManifestError, UnsafeContent
 from ocibuild.layer.compress import decompressor
 from ocibuild.layer.tarwriter import InvalidArchive, archive_errors, check_stream_end
 from ocibuild.oci import mediatype as mt
-from ocibuild.oci.digest import CHUNK, Hasher
+from ocibuild.oci.descriptor import Descriptor
+from ocibuild.oci.digest import CHUNK, Digest, Hasher
 from ocibuild.oci.manifest import Manifest
 from ocibuild.store.base import Store, load_config
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "user.overlay.opaque"
 MAX_SYMLINK_HOPS = 40
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -51,6 +53,7 @@ class ExtractOptions:
     allow_devices: bool = False  # only effective when running as root
     same_owner: bool = False  # chown to the tar's uid/gid (root only)
     whiteouts: bool = False  # apply OCI whiteouts (layers) instead of writing .wh.* files
+    overlay_whiteouts: bool = False  # write whiteouts as overlayfs lower layers hold them (see below)
 
 
 def _clean(name: str) -> list[str]:
@@ -171,6 +174,9 @@ class _Extractor:
         if not parts:
             return
         base = parts[-1]
+        if self.options.overlay_whiteouts and base.startswith(WHITEOUT_PREFIX):
+            self.overlay_whiteout(parts, name)
+            return
         if self.options.whiteouts and base.startswith(WHITEOUT_PREFIX):
             self.whiteout(parts, name)
             return
@@ -266,6 +272,26 @@ class _Extractor:
                 _remove_at(pfd, target)
         finally:
             os.close(pfd)
+
+
+    def overlay_whiteout(self, parts: list[str], name: str) -> None:
+        """One layer kept apart for overlayfs: ``.wh.X`` becomes the character device 0/0 ``X`` (which
+        the kernel lets anyone create, for this purpose) and ``.wh..wh..opq`` marks its directory
+        opaque with the ``user.overlay.opaque`` xattr (read when mounted with ``userxattr``)."""
+        base = parts[-1]
+        comps, pfd = self.root.parent_of(parts, name)
+        try:
+            if base == OPAQUE:
+                os.setxattr(pfd, OVERLAY_OPAQUE_XATTR, b"y")
+                return
+            target = base[len(WHITEOUT_PREFIX):]
+            if not target or target in (".", "..") or target.startswith(WHITEOUT_PREFIX):
+                raise UnsafeContent(f"tar entry {name!r}: invalid whiteout")
+            _remove_at(pfd, target)
+            os.mknod(target, stat.S_IFCHR | 0o600, 0, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        self.written.add(tuple(comps + [target]))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -385,22 +411,43 @@ def unpack_image(
     root = _Root(dest_dir, options)
     try:
         for layer, diff_id in zip(manifest.layers, diff_ids):
-            if not mt.is_layer(layer.media_type):
-                raise ManifestError(f"layer {layer.digest} has unsupported media type {layer.media_type}")
-            with store.open_blob(layer) as blob:
-                try:
-                    with archive_errors(f"layer {layer.digest}"):
-                        plain = decompressor(blob, mt.compression_of(layer.media_type))
-                        reader = _HashingReader(plain, Hasher(diff_id.algorithm, expected=diff_id))
-                        _extract_tar(reader, root, lambda n: n)  # type: ignore[arg-type]
-                        reader.drain()  # trailing padding is part of the diffID
-                except InvalidArchive:
-                    _drain(blob)  # a blob that is not what its digest says is reported as that first
-                    raise
-                _drain(blob)  # to EOF: the store's reader verifies the blob digest there
-            got = reader.hasher.digest()
-            if got != diff_id:
-                raise DigestMismatch(f"layer {layer.digest}: uncompressed content hashes to {got}, config says {diff_id}")
+            _extract_layer(store, layer, diff_id, root)
         _apply_dir_modes(root)
     finally:
         root.close()
+
+
+def extract_layer(
+    store: Store,
+    layer: Descriptor,
+    diff_id: Digest,
+    dest_dir: str | os.PathLike[str],
+    options: ExtractOptions,
+) -> None:
+    """One layer on its own into ``dest_dir`` (a build image's layer kept for overlayfs), checked
+    as ``unpack_image`` checks each layer: blob digest at EOF, diffID of the uncompressed tar."""
+    root = _Root(dest_dir, options)
+    try:
+        _extract_layer(store, layer, diff_id, root)
+        _apply_dir_modes(root)
+    finally:
+        root.close()
+
+
+def _extract_layer(store: Store, layer: Descriptor, diff_id: Digest, root: _Root) -> None:
+    if not mt.is_layer(layer.media_type):
+        raise ManifestError(f"layer {layer.digest} has unsupported media type {layer.media_type}")
+    with store.open_blob(layer) as blob:
+        try:
+            with archive_errors(f"layer {layer.digest}"):
+                plain = decompressor(blob, mt.compression_of(layer.media_type))
+                reader = _HashingReader(plain, Hasher(diff_id.algorithm, expected=diff_id))
+                _extract_tar(reader, root, lambda n: n)  # type: ignore[arg-type]
+                reader.drain()  # trailing padding is part of the diffID
+        except InvalidArchive:
+            _drain(blob)  # a blob that is not what its digest says is reported as that first
+            raise
+        _drain(blob)  # to EOF: the store's reader verifies the blob digest there
+    got = reader.hasher.digest()
+    if got != diff_id:
+        raise DigestMismatch(f"layer {layer.digest}: uncompressed content hashes to {got}, config says {diff_id}")
