@@ -14,7 +14,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TextIO
@@ -36,7 +35,7 @@ from ocibuild.cnb.launch import (
     read_store_toml,
 )
 from ocibuild.cnb.plan import Plan, write_bp_plan
-from ocibuild.cnb.sandbox import DIRECT, Sandbox
+from ocibuild.cnb.sandbox import DIRECT, Owner, Sandbox, give, phase_dir
 
 
 @dataclass(frozen=True)
@@ -107,10 +106,14 @@ def build(
     exec_env: str = "production",
     sandbox: Sandbox | None = None,
     output: TextIO | None = None,
+    tmp_dir: Path | None = None,
+    owner: Owner | None = None,
 ) -> BuildResult:
     """Run the detected ``group``'s bin/build in order; see the module docstring.
 
     ``output`` receives the buildpacks' stdout and stderr (default: this process's stderr).
+    ``tmp_dir`` holds each buildpack's plan (a directory the sandbox shows; default: the system's)
+    and ``owner`` is who what ocibuild creates for buildpacks belongs to (the build user, as root).
     Raises ``BuildpackError`` (exit 51) when a bin/build fails and ``BuildError`` (52) for outputs
     the lifecycle refuses; both name the buildpack.
     """
@@ -134,11 +137,13 @@ def build(
         api = desc.api_version
         bp_dir = layers_dir / escape_id(bp)
         bp_dir.mkdir(parents=True, exist_ok=True)
+        give(bp_dir, owner)
         bp_plan = remaining.find(bp)
-        with tempfile.TemporaryDirectory(prefix=f"ocibuild-{escape_id(bp)}-") as tmp:
-            plan_path = Path(tmp) / escape_id(bp) / "plan.toml"
-            plan_path.parent.mkdir()
+        with phase_dir(f"ocibuild-{escape_id(bp)}-", tmp_dir, owner) as tmp:
+            plan_path = tmp / escape_id(bp) / "plan.toml"
+            give(plan_path.parent.mkdir() or plan_path.parent, owner)
             write_bp_plan(plan_path, bp_plan)
+            give(plan_path, owner)
             run_env = build_env.with_overrides(None if desc.clear_env else platform_dir, config_dir)
             run_env["CNB_BUILDPACK_DIR"] = sb.visible(desc.path)
             if api.at_least("0.8"):

@@ -479,17 +479,26 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 class BuildpackStore:
-    """Buildpacks extracted as the lifecycle expects them: ``<dir>/<escaped id>/<version>/``."""
+    """Buildpacks extracted as the lifecycle expects them: ``<dir>/<escaped id>/<version>/``.
 
-    def __init__(self, root: str | Path):
+    ``locate`` (optional) maps ``(id, version)`` to the host directory holding that buildpack, for
+    a store whose buildpacks sit in a build image's extracted layers rather than under one root."""
+
+    def __init__(self, root: str | Path, locate: "Callable[[str, str], Path | None] | None" = None):
         self.root = Path(root).absolute()
+        self._locate = locate
         self._cache: dict[tuple[str, str], BuildpackDescriptor] = {}
+
+    def path(self, buildpack_id: str, version: str) -> Path | None:
+        if self._locate is not None:
+            return self._locate(buildpack_id, version)
+        return self.root / escape_id(buildpack_id) / version
 
     def lookup(self, buildpack_id: str, version: str) -> BuildpackDescriptor:
         key = (buildpack_id, version)
         if key not in self._cache:
-            path = self.root / escape_id(buildpack_id) / version
-            if not (path / "buildpack.toml").is_file():
+            path = self.path(buildpack_id, version)
+            if path is None or not (path / "buildpack.toml").is_file():
                 raise BuildpackNotFound(
                     f"buildpack {buildpack_id}@{version} not found in {self.root}", buildpack=buildpack_id
                 )

@@ -11,7 +11,6 @@ passed, 21 when additionally a bin/detect errored (exit other than 0/100 or a re
 from __future__ import annotations
 
 import subprocess
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
@@ -26,7 +25,7 @@ from ocibuild.cnb.descriptor import (
 from ocibuild.cnb.env import BuildEnv
 from ocibuild.cnb.errors import DetectErrored, DetectFailed
 from ocibuild.cnb.plan import BuildPlan, Plan, PlanError, Unresolvable, read_build_plan, resolve
-from ocibuild.cnb.sandbox import DIRECT, Sandbox
+from ocibuild.cnb.sandbox import DIRECT, Owner, Sandbox, give, phase_dir
 
 CODE_PASS = 0
 CODE_FAIL = 100
@@ -69,6 +68,8 @@ class _Detector:
         exec_env: str,
         sandbox: Sandbox,
         check_targets: bool,
+        tmp_dir: Path | None = None,
+        owner: Owner | None = None,
     ):
         self.store = store
         self.app_dir = app_dir
@@ -79,6 +80,8 @@ class _Detector:
         self.exec_env = exec_env
         self.sandbox = sandbox
         self.check_targets = check_targets
+        self.tmp_dir = tmp_dir
+        self.owner = owner
         self.runs: dict[str, DetectRun] = {}
         self.log: list[str] = []
 
@@ -126,9 +129,10 @@ class _Detector:
     def run_detect(self, desc: BuildpackDescriptor, member: GroupElement) -> DetectRun:
         sb = self.sandbox
         api = desc.api_version
-        with tempfile.TemporaryDirectory(prefix="ocibuild-plan-") as tmp:
-            plan_path = Path(tmp) / "plan.toml"
+        with phase_dir("ocibuild-plan-", self.tmp_dir, self.owner) as tmp:
+            plan_path = tmp / "plan.toml"
             plan_path.write_bytes(b"")
+            give(plan_path, self.owner)
             env = BuildEnv(self.environ).with_overrides(
                 None if desc.clear_env else self.platform_dir, self.build_config_dir
             )
@@ -209,13 +213,16 @@ def detect(
     exec_env: str = "production",
     sandbox: Sandbox | None = None,
     check_targets: bool = False,
+    tmp_dir: Path | None = None,
+    owner: Owner | None = None,
 ) -> DetectResult:
     """Find the first group of ``order`` that passes detection and resolve its plan.
 
     ``env`` is the environment the include-list is cut from (default ``os.environ``); user variables
     belong in ``<platform_dir>/env/``. ``sandbox`` (from ``prepare_sandbox``) makes the app dir and
     other host paths appear where buildpacks expect them. ``check_targets`` applies the Platform
-    API 0.12 target filter (buildpack ``[[targets]]`` against ``target``).
+    API 0.12 target filter (buildpack ``[[targets]]`` against ``target``). ``tmp_dir`` holds the
+    plans (a directory the sandbox shows), owned by ``owner`` (the build user, as root).
     """
     store = buildpacks_dir if isinstance(buildpacks_dir, BuildpackStore) else BuildpackStore(buildpacks_dir)
     detector = _Detector(
@@ -228,6 +235,8 @@ def detect(
         exec_env,
         sandbox or DIRECT,
         check_targets,
+        Path(tmp_dir) if tmp_dir is not None else None,
+        owner,
     )
     try:
         group, plan = detector.detect_order(order, [], (), False)

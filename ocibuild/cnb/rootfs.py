@@ -92,7 +92,7 @@ def _opaque(directory: Path) -> bool:
         return False
 
 
-class LayerCache:
+class ExtractedLayers:
     """The extracted layers of one scratch directory."""
 
     def __init__(self, scratch_root: Path):

@@ -21,6 +21,7 @@ namespace's init exits with the command, which kills whatever the command left r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,3 +271,21 @@ def prepare_sandbox(mounts: Mapping[str | Path, str], *, mode: str | None = None
         else:
             mode = "root" if os.geteuid() == 0 else "user"
     return Sandbox(pairs, mode)
+
+
+Owner = tuple[int, int]
+
+
+def give(path: Path, owner: Owner | None) -> Path:
+    """Hand a file or directory ocibuild made to the build user (as root; a user namespace maps ours)."""
+    if owner is not None:
+        os.lchown(path, *owner)
+    return path
+
+
+@contextlib.contextmanager
+def phase_dir(prefix: str, tmp_dir: Path | None, owner: Owner | None) -> Iterator[Path]:
+    """A temporary directory for one buildpack run's files (plans), under ``tmp_dir`` (a directory the
+    sandbox shows to buildpacks) and owned by the build user."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=tmp_dir) as tmp:
+        yield give(Path(tmp), owner)

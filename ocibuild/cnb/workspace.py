@@ -26,7 +26,7 @@ _STATE = "state.json"
 
 
 def _walk(root: Path, include: Include | None) -> dict[str, tuple]:
-    """relative path -> (kind, size, mtime_ns, mode, inode, link target) of every entry below ``root``."""
+    """relative path -> (kind, size, mtime_ns, mode, inode, link target, uid, gid) of every entry below ``root``."""
     out: dict[str, tuple] = {}
     stack = [""]
     while stack:
@@ -38,13 +38,14 @@ def _walk(root: Path, include: Include | None) -> dict[str, tuple]:
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if include is not None and not include(rel, is_dir):
                     continue
+                owner = (st.st_uid, st.st_gid)
                 if is_dir:
-                    out[rel] = ("d", 0, 0, stat.S_IMODE(st.st_mode), st.st_ino, "")
+                    out[rel] = ("d", 0, 0, stat.S_IMODE(st.st_mode), st.st_ino, "", *owner)
                     stack.append(rel)
                 elif stat.S_ISLNK(st.st_mode):
-                    out[rel] = ("l", 0, 0, 0, st.st_ino, os.readlink(entry.path))
+                    out[rel] = ("l", 0, 0, 0, st.st_ino, os.readlink(entry.path), *owner)
                 elif stat.S_ISREG(st.st_mode):
-                    out[rel] = ("f", st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino, "")
+                    out[rel] = ("f", st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino, "", *owner)
                 # sockets, fifos and devices are not part of an app
     return out
 
@@ -61,14 +62,19 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def sync(app: Path, dest: Path, include: Include | None = None) -> int:
-    """Make ``dest`` an exact copy of ``app`` (filtered by ``include``); returns how many files were copied."""
+def sync(app: Path, dest: Path, include: Include | None = None, owner: tuple[int, int] | None = None) -> int:
+    """Make ``dest`` an exact copy of ``app`` (filtered by ``include``); returns how many files were copied.
+
+    ``owner`` (as root): every entry of the copy belongs to that uid/gid, the build user's, as the
+    lifecycle's ``/workspace`` does."""
     state_file = dest.parent / _STATE
     try:
         recorded = {k: tuple(v) for k, v in json.loads(state_file.read_text()).items()}
     except (OSError, ValueError):
         recorded = {}
     dest.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        os.lchown(dest, *owner)
     src = _walk(app, include)
     cur = _walk(dest, None)
     gone = sorted(set(cur) - set(src), reverse=True)
@@ -77,7 +83,8 @@ def sync(app: Path, dest: Path, include: Include | None = None) -> int:
     copied = changed = 0
     for rel in sorted(src):  # parents before children
         want, have = src[rel], cur.get(rel)
-        if have is not None and recorded.get(rel) == have and _same_content(want, have):
+        owned = owner is None or have is None or tuple(have[6:8]) == owner
+        if have is not None and recorded.get(rel) == have and _same_content(want, have) and owned:
             continue  # untouched since the last sync and the app's file did not change
         changed += 1
         target = dest / rel
@@ -91,6 +98,8 @@ def sync(app: Path, dest: Path, include: Include | None = None) -> int:
         else:
             shutil.copy2(app / rel, target, follow_symlinks=False)
             copied += 1
+        if owner is not None:
+            os.lchown(target, *owner)
     if not gone and not changed and cur == recorded:
         return 0  # nothing touched: the copy is as the walk just saw it, and as recorded
     state = _walk(dest, None)
@@ -101,7 +110,8 @@ def sync(app: Path, dest: Path, include: Include | None = None) -> int:
 
 
 @contextlib.contextmanager
-def prepared(app: Path, scratch_root: Path, fallback: Path, include: Include | None = None) -> Iterator[Path]:
+def prepared(app: Path, scratch_root: Path, fallback: Path, include: Include | None = None,
+             owner: tuple[int, int] | None = None) -> Iterator[Path]:
     """A workspace for one build: the kept copy of ``app`` (synced), or a fresh copy in ``fallback``."""
     root = scratch_root / "workspaces" / hashlib.sha256(str(app).encode()).hexdigest()[:16]
     root.mkdir(parents=True, exist_ok=True)
@@ -111,9 +121,9 @@ def prepared(app: Path, scratch_root: Path, fallback: Path, include: Include | N
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            sync(app, fallback, include)  # another build of this app holds the kept copy
+            sync(app, fallback, include, owner)  # another build of this app holds the kept copy
             yield fallback
             return
         (root / "app-path").write_text(str(app))
-        sync(app, root / "tree", include)
+        sync(app, root / "tree", include, owner)
         yield root / "tree"

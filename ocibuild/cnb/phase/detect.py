@@ -1,0 +1,35 @@
+"""The detect phase: the first group of the order that passes, its plan, and ``<layers>/group.toml``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tomli_w
+
+from ocibuild.cnb.descriptor import GroupElement, Order, Target
+from ocibuild.cnb.detect import DetectResult, detect
+from ocibuild.cnb.environment import BuildEnvironment
+from ocibuild.cnb.sandbox import give
+
+
+@dataclass(frozen=True)
+class DetectPhase:
+    environment: BuildEnvironment
+    order: Order
+    target: Target  # buildpack [[targets]] are checked against it (Platform API 0.12)
+
+    def run(self) -> DetectResult:
+        env = self.environment
+        result = detect(self.order, env.buildpacks, env.workspace, env.platform, env=env.image_env,
+                        target=self.target, sandbox=env.sandbox, check_targets=True,
+                        tmp_dir=env.io, owner=env.owner)
+        write_group(env, result.group)
+        return result
+
+
+def write_group(env: BuildEnvironment, group: tuple[GroupElement, ...]) -> None:
+    doc = {"group": [{k: v for k, v in (("id", e.id), ("version", e.version), ("api", str(e.api or "")),
+                                          ("homepage", e.homepage or "")) if v} for e in group]}
+    path = env.layers / "group.toml"
+    path.write_text(tomli_w.dumps(doc))
+    give(path, env.owner)
