@@ -92,6 +92,16 @@ def _opaque(directory: Path) -> bool:
         return False
 
 
+def _topmost(paths: Iterable[Path]) -> tuple[Path, ...]:
+    """Each layer once, at its highest place: overlayfs refuses a lower directory given twice, and a
+    layer applied again above others gives the same merged tree as applying it at both places."""
+    out: list[Path] = []
+    for path in reversed(list(paths)):
+        if path not in out:
+            out.append(path)
+    return tuple(reversed(out))
+
+
 class ExtractedLayers:
     """The extracted layers of one scratch directory."""
 
@@ -122,7 +132,7 @@ class ExtractedLayers:
                     if lease is not None:
                         lease.ledger.record(done, location=self.location, lease_id=lease.id,  # type: ignore[attr-defined]
                                             role=ROLE_ROOTFS_LAYER, media_type=ROOTFS_MEDIA_TYPE, size=0)
-        return RootFS(tuple(self.path(d) for d in diff_ids))
+        return RootFS(_topmost(self.path(d) for d in diff_ids))
 
     def _extract(self, diff_id: Digest, layer: Descriptor, stores: Sequence[Store], name: str) -> Digest:
         final = self.path(diff_id)
