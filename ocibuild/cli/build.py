@@ -93,6 +93,11 @@ def build(
     descriptor: Optional[Path] = typer.Option(None, "--descriptor", "-d", help="project.toml (default: PATH/project.toml when present)."),
     workspace: str = typer.Option("/workspace", "--workspace", help="Where buildpacks and the image see the app."),
     layers_dir: str = typer.Option("/layers", "--layers-dir", help="Where buildpacks and the image see the layers."),
+    network: str = typer.Option("host", "--network", metavar="host|none", help="Buildpacks' network: the host's (default) or none (loopback only)."),
+    volume: list[str] = typer.Option([], "--volume", metavar="HOST:TARGET[:ro|:rw]", help="Mount a host path into the build environment, read-only unless :rw (repeatable)."),
+    uid: Optional[int] = typer.Option(None, "--uid", help="Build user id (default: the builder's CNB_USER_ID)."),
+    gid: Optional[int] = typer.Option(None, "--gid", help="Build group id (default: the builder's CNB_GROUP_ID)."),
+    isolation: str = typer.Option("namespace", "--isolation", metavar="namespace|none", help="none: run buildpacks on this machine; allowed only when it is the builder image itself (its /cnb)."),
     scratch: Optional[Path] = typer.Option(None, "--scratch", envvar="OCIBUILD_SCRATCH", help="Scratch directory (layout, ledger, cache)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show phase timings and the whole detection log."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
@@ -114,6 +119,7 @@ def build(
             creation_time=_creation_time(creation_time),
             platform=Platform.parse(platform) if platform else None, sbom_output_dir=sbom_output_dir,
             scratch=scratch, descriptor=descriptor, workspace=workspace, layers_dir=layers_dir,
+            uid=uid, gid=gid, network=network, volumes=tuple(volume), isolation=isolation,
             default_registry=opts.registry, registry_options=opts.registry_options(),
         ), quiet)
     except DetectFailed as err:

@@ -52,6 +52,8 @@ def gc(
             emit(f"{'would untag' if dry_run else 'untagged'} ephemeral {name}")
         for name in report.registry_deleted:
             emit(f"{'would delete' if dry_run else 'deleted'} {name}")
+        if report.removed_rootfs:
+            emit(f"{verb} {len(report.removed_rootfs)} extracted build-image layers")
     for err in report.errors:
         error_line(err)
     if report.aborted:

@@ -211,8 +211,10 @@ def build_root(spec: dict) -> None:
     for src, dst, writable in sorted(spec.get("mounts", ()), key=lambda m: m[1].count("/")):
         _bind(src, _place(root, dst, os.path.isdir(src)), writable)
     if spec["root"].get("readonly"):
-        home = spec["root"].get("home") or ""
-        if home and os.path.isdir(root + home) and not os.path.islink(root + home):
+        home = os.path.normpath(spec["root"].get("home") or "/")
+        mounted = [m[1] for m in spec.get("mounts", ())] + ["/tmp", "/dev", "/proc"]
+        inside_mount = any(home == m or home.startswith(m.rstrip("/") + "/") for m in mounted)
+        if home != "/" and not inside_mount and os.path.isdir(root + home) and not os.path.islink(root + home):
             os.mkdir(f"{base}/home-upper")
             os.mkdir(f"{base}/home-work")
             _overlay([root + home], root + home, f"{base}/home-upper", f"{base}/home-work")

@@ -111,6 +111,24 @@ def chown_tree(path: Path, uid: int, gid: int) -> None:
             os.lchown(os.path.join(top, name), uid, gid)
 
 
+def check_choices(network: str, isolation: str, uid: int | None, gid: int | None) -> None:
+    """The environment flags, refused in one line before anything is fetched or built."""
+    if network not in NETWORKS:
+        raise UsageError(f"--network {network!r}: expected one of {', '.join(NETWORKS)}")
+    if isolation not in ISOLATIONS:
+        raise UsageError(f"--isolation {isolation!r}: expected one of {', '.join(ISOLATIONS)}")
+    if uid == 0 or gid == 0:
+        raise UsageError("the build user must not be root (CNB_USER_ID/CNB_GROUP_ID or --uid/--gid is 0)")
+
+
+def check_in_builder(rootfs: RootFS) -> None:
+    """``--isolation none`` only where this machine is that builder image (its ``/cnb``)."""
+    why = _same_cnb(rootfs)
+    if why is not None:
+        raise UsageError(f"--isolation none runs buildpacks on this machine, which is allowed only inside the "
+                         f"builder image itself, and {why}; drop --isolation none")
+
+
 def _same_cnb(rootfs: RootFS) -> str | None:
     """Why this machine's ``/cnb`` is not the builder's (None when it is): ``order.toml`` and the
     buildpack directories are compared, as a CI job whose image is the builder has them."""
@@ -141,12 +159,7 @@ def prepare(
     host_env: Mapping[str, str] | None = None,
 ) -> BuildEnvironment:
     """The environment of one build; refuses what it cannot honour before any buildpack runs."""
-    if network not in NETWORKS:
-        raise UsageError(f"--network {network!r}: expected one of {', '.join(NETWORKS)}")
-    if isolation not in ISOLATIONS:
-        raise UsageError(f"--isolation {isolation!r}: expected one of {', '.join(ISOLATIONS)}")
-    if uid == 0 or gid == 0:
-        raise UsageError("the build user must not be root (CNB_USER_ID/CNB_GROUP_ID or --uid/--gid is 0)")
+    check_choices(network, isolation, uid, gid)
     env = image_env(config, rootfs, uid, os.environ if host_env is None else host_env)
     if isolation == "none":
         return _unisolated(rootfs, env, uid, gid, layers, workspace, platform, io, volumes, network)
@@ -176,10 +189,7 @@ def _unisolated(rootfs: RootFS, env: dict[str, str], uid: int, gid: int, layers:
                 platform: Path, io: Path, volumes: Sequence[Volume], network: str) -> BuildEnvironment:
     """``--isolation none``: only when ocibuild already runs in that builder image (a CI job whose
     image is the builder), where this machine's ``/cnb`` is the builder's."""
-    why = _same_cnb(rootfs)
-    if why is not None:
-        raise UsageError(f"--isolation none runs buildpacks on this machine, which is allowed only inside the "
-                         f"builder image itself, and {why}; drop --isolation none")
+    check_in_builder(rootfs)
     if volumes or network != "host":
         raise UsageError("--isolation none cannot honour --volume or --network none")
     if os.getuid() != uid:

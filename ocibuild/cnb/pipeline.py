@@ -125,8 +125,9 @@ def build(opts: BuildOptions, say: Say = lambda _m: None) -> BuildOutcome:
 
 
 def _volumes(opts: BuildOptions) -> tuple[Any, ...]:
-    from ocibuild.cnb.environment import Volume
+    from ocibuild.cnb.environment import Volume, check_choices
 
+    check_choices(opts.network, opts.isolation, opts.uid, opts.gid)
     return tuple(Volume.parse(v) for v in opts.volumes)
 
 
@@ -247,7 +248,7 @@ class _Build:
     # -- the environment -------------------------------------------------------------------------------
     def _environment(self, builder: Builder, rootfs: RootFS, project: Project,
                      cleanup: contextlib.ExitStack) -> BuildEnvironment:
-        from ocibuild.cnb.environment import prepare
+        from ocibuild.cnb.environment import check_in_builder, prepare
         from ocibuild.cnb.workspace import prepared as prepared_workspace
         from ocibuild.cnb.workspace import sync
 
@@ -266,6 +267,7 @@ class _Build:
         for key in sorted(env_vars):
             (platform / "env" / key).write_text(env_vars[key])
         if opts.isolation == "none":  # the lifecycle's own paths, as a CI job in the builder image has them
+            check_in_builder(rootfs)
             layers, workspace = _unisolated_dirs(opts)
             sync(self.app, workspace, include)
         else:

@@ -90,6 +90,7 @@ def check(
                 return report
             with store.writer_lock():
                 _check_layout(sc, store, ledger, live, report, full, tmp_ttl, ts)
+        _check_rootfs(sc, ledger, live, report, tmp_ttl)
     finally:
         if ledger is not None:
             ledger.close()
@@ -202,3 +203,27 @@ def _check_layout(
     for entry, age in temp_entries(store.path / ".tmp", ts):
         if age > tmp_ttl:
             report.problems.append(f"stale temp file .tmp/{entry.name} ({int(age)} s old); run ocibuild gc")
+
+
+def _check_rootfs(sc: Scratch, ledger: Ledger | None, live: set[str], report: FsckReport, tmp_ttl: float) -> None:
+    """The extracted build-image layers (``cnb.rootfs``): named by diffID, no stale unfinished
+    extraction, and a directory for every one the ledger records (unless a build is making it)."""
+    import re
+
+    from ocibuild.cnb.rootfs import ExtractedLayers
+
+    layers = ExtractedLayers(sc.root)
+    entries = layers.entries()
+    for diff_id, path in entries.items():
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", diff_id):
+            report.problems.append(f"foreign entry in rootfs/: {path.name}")
+    for path, age in layers.temp_dirs():
+        if age > tmp_ttl:
+            report.problems.append(f"unfinished layer extraction {path.name} ({int(age)} s old); run ocibuild gc")
+    if ledger is None:
+        return
+    held = {d for lid, d, loc in ledger.holds(layers.location) if lid in live}
+    for row in ledger.query(location=layers.location):
+        if str(row.digest) not in entries and row.digest not in held:
+            report.problems.append(f"ledger row for missing extracted layer {row.digest} (lease {row.lease_id})")
+

@@ -60,6 +60,8 @@ class GCReport:
     untagged: list[str] = field(default_factory=list)
     registry_deleted: list[str] = field(default_factory=list)
     removed_temp: list[str] = field(default_factory=list)
+    removed_rootfs: list[str] = field(default_factory=list)
+    """Extracted build-image layers removed (diffIDs), and unfinished extractions (paths)."""
     expired_leases: list[str] = field(default_factory=list)
     forgotten_rows: int = 0
     errors: list[str] = field(default_factory=list)
@@ -252,8 +254,10 @@ def _collect_layout(
     report.removed = swept
     clock.lap("sweep")
 
-    # 6. Temp files and work directories of finished builds.
+    # 6. Temp files and work directories of finished builds; extracted build-image layers no image needs.
     _clean_temp(store.path / ".tmp", sc.work_path, dead, ts, tmp_ttl, report, dry_run)
+    _sweep_rootfs(sc, store, ledger, [str(e.digest) for e in entries] + sorted(live_held), holds, live, report,
+                  dry_run, tmp_ttl)
 
     report.expired_leases = sorted(lid for lid in dead if states[lid] != "released")
     remote = [r for r in all_ephemeral if _is_dead_remote(r, holds, live)]
@@ -522,6 +526,26 @@ def _clean_temp(
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+
+def _sweep_rootfs(sc: Scratch, store: Any, ledger: Ledger, roots: list[str], holds: list[tuple[str, str, str]], live: set[str],
+                  report: GCReport, dry_run: bool, tmp_ttl: float) -> None:
+    """Remove extracted layers (``cnb.rootfs``) that no image reachable in the layout lists and no
+    live lease holds. An unreadable manifest or config keeps them all (biased to leaking)."""
+    from ocibuild.cnb.rootfs import ExtractedLayers, needed_diff_ids
+
+    layers = ExtractedLayers(sc.root)
+    if not layers.root.is_dir():
+        return
+    try:
+        keep = needed_diff_ids(store.path, roots)
+    except (OSError, ValueError) as exc:
+        report.errors.append(f"extracted layers kept: {one_line(exc)}")
+        return
+    keep |= {d for lid, d, loc in holds if lid in live and loc == layers.location}
+    report.removed_rootfs = layers.sweep(keep, tmp_ttl=tmp_ttl, dry_run=dry_run)
+    if not dry_run:
+        ledger.forget_many([(d, layers.location) for d in report.removed_rootfs if ":" in d and "/" not in d])
 
 
 # -- registries --------------------------------------------------------------------------------
