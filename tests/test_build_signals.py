@@ -10,6 +10,7 @@ digest; a closed stdout pipe ends a command silently (141). Buildpacks are writt
 from __future__ import annotations
 
 import json
+import secrets
 import os
 import shutil
 import signal
@@ -60,6 +61,25 @@ def alive(pid: int) -> bool:
     return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
 
 
+def _process_running(*argv: str) -> int:
+    """The host pid of the one process whose command line is ``argv``."""
+    want = [a.encode() for a in argv]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().split(b"\0")[:-1] == want:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    assert len(found) == 1, f"{argv}: {found}"
+    return found[0]
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+
+
 def ephemeral_rows(scratch: Path) -> list:
     rows = json.loads(ocibuild("ledger", "--ephemeral", "--json", scratch=scratch).stdout)
     return rows if isinstance(rows, list) else rows.get("objects", rows)
@@ -77,25 +97,29 @@ def app(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
 def test_stop_signal_mid_build_cleans_up_like_ctrl_c(tmp_path: Path, app: Path, signum: int, code: int) -> None:
     pids = tmp_path / "pids"
+    pids.mkdir()
+    pids.chmod(0o777)  # the build user writes there through the volume
+    seconds = str(3000 + secrets.randbelow(5000))  # finds the sleep among this machine's processes
     # bin/build backgrounds a sleep and waits: the shell dies of the signal, the sleep would not.
     sleepy = write_buildpack(tmp_path / "bps", "sleepy", "exit 0",
-                             f"sleep 30 &\necho $$ $! > {pids}.tmp\nmv {pids}.tmp {pids}\nwait")
+                             f"sleep {seconds} &\necho started > /pids/started.tmp\nmv /pids/started.tmp /pids/started\nwait")
     scratch = tmp_path / "scratch"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ocibuild.cli.main", "build", f"oci:{tmp_path}/out:app", "--path", str(app),
-         "--buildpack", str(sleepy), "--buildpack", PROCFILE],
+         "--buildpack", str(sleepy), "--buildpack", PROCFILE, "--volume", f"{pids}:/pids:rw"],
         env=_env(scratch), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # Python keeps SIGINT ignored when it starts with it ignored (pytest run in the background).
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
-        while not pids.exists():
+        while not (pids / "started").exists():
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the buildpack never started"
             time.sleep(0.05)
-        shell, sleeper = (int(x) for x in pids.read_text().split())
-        assert alive(sleeper)
+        sleeper = _process_running("sleep", seconds)
+        shell = _parent_of(sleeper)
+        assert alive(sleeper) and alive(shell)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
