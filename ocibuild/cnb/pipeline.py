@@ -106,9 +106,11 @@ def build(opts: BuildOptions, say: Say = lambda _m: None) -> BuildOutcome:
 
 
 def _open(text: str, opts: BuildOptions, *, for_write: bool = False):  # noqa: ANN202
-    from ocibuild.store.open import open_reference
+    """A store for a name; ``ocibuild.local/...`` (the embedded images) opens in the scratch layout."""
+    from ocibuild.cnb.local import open_image
 
-    return open_reference(text, opts.default_registry, opts.registry_options, for_write=for_write)
+    return open_image(text, opts.default_registry, opts.registry_options, scratch=opts.scratch,
+                      for_write=for_write)
 
 
 @dataclass(frozen=True)
