@@ -122,3 +122,198 @@ def test_ca_cert_and_debug_after_the_command(tmp_path: Path) -> None:
     debug = ocibuild("digest", f"oci:{tmp_path}/absent:v1", "--debug", scratch=scratch, check=False)
     assert debug.returncode == plain.returncode and "Traceback" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip().splitlines()[-1]
+
+
+# -- helpers for C/D: buildpacks written by the tests ------------------------------------------------
+def write_buildpack(root: Path, bp_id: str, build: str = "exit 0\n", version: str = "1.0.0") -> Path:
+    """A tiny bash buildpack (detect passes) whose bin/build runs ``build`` with $1 = layers dir."""
+    root.mkdir(parents=True)
+    (root / "buildpack.toml").write_text(f'api = "0.10"\n[buildpack]\nid = "{bp_id}"\nversion = "{version}"\n')
+    (root / "bin").mkdir()
+    for name, body in (("detect", "exit 0\n"), ("build", build)):
+        script = root / "bin" / name
+        script.write_text("#!/usr/bin/env bash\nset -euo pipefail\n" + body)
+        script.chmod(0o755)
+    return root
+
+
+def tgz_of(directory: Path, dest: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(dest, "w:gz") as tar:
+        for path in sorted(directory.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+    return dest
+
+
+def build_json(*args: str, scratch: Path, app: Path, check: bool = True):  # noqa: ANN201
+    proc = ocibuild("build", *args, "--path", str(app), "--json", scratch=scratch, check=check)
+    return json.loads(proc.stdout) if proc.returncode == 0 else proc
+
+
+def scratch_leftovers(scratch: Path) -> list[str]:
+    """What a refused build must not leave: work directories, downloads, temp files."""
+    out = []
+    for sub in ("work", "cache/downloads/blobs/sha256", "layout/.tmp"):
+        d = scratch / sub
+        if d.is_dir():
+            out += [f"{sub}/{p.name}" for p in d.iterdir()]
+    return out
+
+
+# -- C. pack build's flags ----------------------------------------------------------------------------
+def test_publish_needs_a_registry_image_and_writes_there(tmp_path: Path, app: Path, registry,
+                                                         fresh_repo: str) -> None:
+    scratch = tmp_path / "scratch"
+    proc = ocibuild("build", f"oci:{tmp_path}/out:app", "--publish", "--path", str(app), scratch=scratch, check=False)
+    assert "--publish" in one_line_error(proc)
+    assert not (tmp_path / "out").exists() and scratch_leftovers(scratch) == []
+    out = build_json(f"{registry.host}/{fresh_repo}:1", "--publish", scratch=scratch, app=app)
+    assert skopeo_digest(f"docker://{registry.host}/{fresh_repo}:1", "--tls-verify=false") == out["digest"]
+
+
+def test_report_output_dir_writes_the_lifecycles_report(tmp_path: Path, app: Path, registry, fresh_repo: str) -> None:
+    import tomllib
+
+    require_tool("skopeo")
+    scratch, report = tmp_path / "scratch", tmp_path / "report"
+    ref = f"{registry.host}/{fresh_repo}"
+    out = build_json(f"{ref}:1", "-t", f"{ref}:2", "--report-output-dir", str(report), scratch=scratch, app=app)
+    doc = tomllib.loads((report / "report.toml").read_text())
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}:1"],
+                         capture_output=True, check=True, timeout=60).stdout
+    assert doc == {"image": {"tags": [f"{ref}:1", f"{ref}:2"], "digest": out["digest"], "manifest-size": len(raw)}}
+
+
+def test_cache_flag_maps_onto_image_bind_and_volume_caches(tmp_path: Path, app: Path, registry,
+                                                           fresh_repo: str) -> None:
+    from test_build import BUILDPACKS
+
+    scratch = tmp_path / "scratch"
+    greeter = ("--buildpack", str(BUILDPACKS / "greeter"))
+    cache_ref = f"{registry.host}/{fresh_repo}-cache:1"
+    for _ in range(2):
+        proc = ocibuild("build", f"oci:{tmp_path}/out:a", *greeter, "--path", str(app),
+                        "--cache", f"type=build;format=image;name={cache_ref}", scratch=scratch)
+    assert "greeter: cache restored" in proc.stderr  # the second build read the cache image back
+    skopeo_digest(f"docker://{cache_ref}", "--tls-verify=false")  # the cache image is in the registry
+    bind = tmp_path / "bind-cache"
+    ocibuild("build", f"oci:{tmp_path}/out:b", *greeter, "--path", str(app), "--cache",
+             f"type=build;format=bind;source={bind}", scratch=scratch)
+    assert list((bind / "committed").iterdir())
+    ocibuild("build", f"oci:{tmp_path}/out:c", *greeter, "--path", str(app), "--cache", "format=volume;name=v1",
+             scratch=scratch)
+    assert list((scratch / "cache" / "volumes" / "v1" / "committed").iterdir())
+
+
+@pytest.mark.parametrize("spec", [
+    "type=build;format=floppy;name=x", "type=launch;format=volume", "format=image", "name", "type=build;kind=x",
+    "format=bind;name=x", "type=build;type=build",
+])
+def test_bad_cache_specs_are_refused_in_one_line(tmp_path: Path, app: Path, spec: str) -> None:
+    scratch = tmp_path / "scratch"
+    proc = ocibuild("build", f"oci:{tmp_path}/out:a", "--path", str(app), "--cache", spec, scratch=scratch,
+                    check=False)
+    assert "--cache" in one_line_error(proc)
+    assert not (tmp_path / "out").exists() and not scratch.exists()
+
+
+def test_cache_and_cache_image_together_are_refused(tmp_path: Path, app: Path) -> None:
+    proc = ocibuild("build", f"oci:{tmp_path}/out:a", "--path", str(app), "--cache", "format=bind;source=/tmp/x",
+                    "--cache-image", "oci:/tmp/c:1", scratch=tmp_path / "scratch", check=False)
+    assert "--cache" in one_line_error(proc)
+
+
+def test_pull_policy_keeps_builder_and_run_image_and_works_offline(tmp_path: Path, app: Path, registry_factory) -> None:
+    from ocibuild.cnb.defaults import BUILDER_TAG, RUN_TAG
+
+    private = registry_factory("plain")
+    warm = tmp_path / "warm"
+    ocibuild("build", f"oci:{tmp_path}/warm-out:app", "--path", str(app), scratch=warm)
+    builder, run = f"{private.host}/pull/builder:1", f"{private.host}/pull/run:1"
+    ocibuild("copy", f"oci:{warm}/layout:{BUILDER_TAG}", builder, scratch=warm)
+    ocibuild("copy", f"oci:{warm}/layout:{RUN_TAG}", run, scratch=warm)
+
+    scratch = tmp_path / "scratch"
+    never = build_json(f"oci:{tmp_path}/out:a", "--builder", builder, "--run-image", run, "--pull-policy", "never",
+                       scratch=scratch, app=app, check=False)
+    assert "--pull-policy never" in one_line_error(never, 1)
+    first = build_json(f"oci:{tmp_path}/out:a", "--builder", builder, "--run-image", run,
+                       "--pull-policy", "if-not-present", scratch=scratch, app=app)
+    private.stop()  # from here on the registry is gone: the kept copies are all there is
+    for policy in ("if-not-present", "never"):
+        again = build_json(f"oci:{tmp_path}/out:b", "--builder", builder, "--run-image", run,
+                           "--pull-policy", policy, scratch=scratch, app=app)
+        assert again["digest"] == first["digest"], policy
+    always = build_json(f"oci:{tmp_path}/out:c", "--builder", builder, "--run-image", run, "--pull-policy", "always",
+                        scratch=scratch, app=app, check=False)
+    assert always.returncode != 0 and "Traceback" not in always.stderr
+    bad = ocibuild("build", f"oci:{tmp_path}/out:d", "--path", str(app), "--pull-policy", "sometimes",
+                   scratch=scratch, check=False)
+    assert "--pull-policy" in one_line_error(bad)
+
+
+def test_pre_and_post_buildpacks_wrap_the_group(tmp_path: Path, app: Path) -> None:
+    from test_build import PROCFILE
+
+    scratch = tmp_path / "scratch"
+    pre = write_buildpack(tmp_path / "pre", "test/pre")
+    post = write_buildpack(tmp_path / "post", "test/post")
+    # No --buildpack: every group of the builder's order gets them.
+    out = build_json(f"oci:{tmp_path}/out:a", "--pre-buildpack", str(pre), "--post-buildpack", str(post),
+                     scratch=scratch, app=app)
+    assert out["group"] == ["test/pre@1.0.0", PROCFILE, "test/post@1.0.0"]
+    # project.toml's pre/post groups, uris relative to project.toml.
+    (app / "project.toml").write_text(
+        '[_]\nschema-version = "0.2"\n'
+        '[[io.buildpacks.pre.group]]\nuri = "../pre"\n[[io.buildpacks.post.group]]\nuri = "../post"\n'
+        f'[[io.buildpacks.group]]\nuri = "urn:cnb:builder:{PROCFILE}"\n')
+    out = build_json(f"oci:{tmp_path}/out:b", scratch=scratch, app=app)
+    assert out["group"] == ["test/pre@1.0.0", PROCFILE, "test/post@1.0.0"]
+
+
+def test_trust_builder_is_accepted_and_lifecycle_image_extension_refused(tmp_path: Path, app: Path) -> None:
+    scratch = tmp_path / "scratch"
+    out = build_json(f"oci:{tmp_path}/out:a", "--trust-builder", scratch=scratch, app=app)
+    assert out["digest"].startswith("sha256:")
+    for flag in (("--lifecycle-image", "buildpacksio/lifecycle:0.20"), ("--extension", "./ext")):
+        proc = ocibuild("build", f"oci:{tmp_path}/out:b", "--path", str(app), *flag, scratch=tmp_path / "s2",
+                        check=False)
+        assert flag[0] in one_line_error(proc)
+        assert not (tmp_path / "s2").exists()
+    unknown = ocibuild("build", f"oci:{tmp_path}/out:c", "--path", str(app), "--docker-host", "inherit",
+                       scratch=tmp_path / "s3", check=False)
+    assert "--docker-host" in one_line_error(unknown)
+
+
+KEEPER = """\
+layers="$1"
+if [[ -f "$layers/keep.toml" ]]; then
+  echo "keeper: metadata restored"
+else
+  mkdir -p "$layers/keep"; echo "kept $RANDOM$RANDOM" > "$layers/keep/file"
+  printf '[types]\\nlaunch = true\\n[metadata]\\nv = "1"\\n' > "$layers/keep.toml"
+fi
+"""
+
+
+def test_previous_image_reuses_its_launch_layers(tmp_path: Path, app: Path, registry, fresh_repo: str) -> None:
+    scratch = tmp_path / "scratch"
+    keeper = write_buildpack(tmp_path / "keeper", "test/keeper", KEEPER)
+    first_ref = f"{registry.host}/{fresh_repo}-a:1"
+    first = build_json(first_ref, "-b", str(keeper), "-b", "ocibuild/procfile", scratch=scratch, app=app)
+    second_ref = f"{registry.host}/{fresh_repo}-b:1"
+    proc = ocibuild("build", second_ref, "-b", str(keeper), "-b", "ocibuild/procfile", "--path", str(app),
+                    "--previous-image", first_ref, scratch=scratch)
+    assert "keeper: metadata restored" in proc.stderr
+    layers = {}
+    for ref in (first_ref, second_ref):
+        manifest = json.loads(ocibuild("manifest", ref, scratch=scratch).stdout)
+        layers[ref] = [layer["digest"] for layer in manifest["layers"]]
+    # The keeper's layer (random content, made once) is the first image's: every layer is shared.
+    assert layers[first_ref] == layers[second_ref]
+    assert proc.stdout.strip().splitlines()[-1] == first["digest"]
+    # The second repository holds the reused blob itself (copied or mounted), so it pulls whole.
+    unpacked = tmp_path / "unpacked"
+    ocibuild("unpack", second_ref, str(unpacked), scratch=scratch)
+    assert (unpacked / "layers" / "test_keeper" / "keep" / "file").read_text().startswith("kept ")

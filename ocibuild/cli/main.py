@@ -34,6 +34,13 @@ from ocibuild.cli.options import (
 from ocibuild.cli.output import error_line
 from ocibuild.errors import OCIBuildError
 
+try:  # typer >= 0.28 carries its own click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError as ClickUsageError
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click.exceptions import UsageError as ClickUsageError
+
+    NoArgsIsHelpError = None  # type: ignore[assignment,misc]
+
 COMMAND_MODULES: tuple[str, ...] = (
     "ocibuild.cli.image",  # copy, inspect, manifest, config, digest, tags, delete, login, logout, append, mutate, unpack
     "ocibuild.cli.build",  # build, rebase
@@ -108,6 +115,12 @@ class OCIBuildGroup(TyperGroup):
         super().__init__(*args, **kwargs)
         inject_global_options(self)
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except ClickUsageError as err:
+            raise _usage_exit(err) from None
+
     def invoke(self, ctx: Any) -> Any:
         previous = _install_stop_handlers()
         try:
@@ -119,6 +132,8 @@ class OCIBuildGroup(TyperGroup):
     def _invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except ClickUsageError as err:
+            raise _usage_exit(err) from None
         except KeyboardInterrupt as stop:
             signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
             if _debug_requested(ctx):
@@ -144,6 +159,16 @@ class OCIBuildGroup(TyperGroup):
             where = f"{err.filename}: " if getattr(err, "filename", None) else ""
             error_line(f"{where}{err.strerror or err}")
             raise typer.Exit(1) from None
+
+
+def _usage_exit(err: Any) -> typer.Exit:
+    """A command-line mistake (unknown flag, missing argument, bad value) as one line, exit 2."""
+    if NoArgsIsHelpError is not None and isinstance(err, NoArgsIsHelpError):
+        raise err  # the group's help, as asked
+    ctx = getattr(err, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    error_line(err.format_message() + hint)
+    return typer.Exit(2)
 
 
 def _version(value: bool) -> None:

@@ -55,6 +55,14 @@ class BuildOptions:
     workspace: str = "/workspace"  # where buildpacks (and the image) see the app
     default_registry: str | None = None
     registry_options: Any = None
+    # pack's flags (parsed in ocibuild.cnb.packflags):
+    publish: bool = False  # IMAGE must be a registry reference
+    previous_image: str | None = None  # launch layers reused from this image instead of IMAGE
+    report_output_dir: Path | None = None  # report.toml: [image] tags, digest, manifest-size
+    pull_policy: str | None = None  # always | never | if-not-present: builder and run image via the scratch layout
+    cache_volume: str | None = None  # --cache format=volume: a named cache directory in the scratch dir
+    pre_buildpacks: tuple[str, ...] = ()  # before every group (replaces project.toml's pre group)
+    post_buildpacks: tuple[str, ...] = ()  # after every group (replaces project.toml's post group)
 
 
 @dataclass(frozen=True)
@@ -88,9 +96,16 @@ def build(opts: BuildOptions, say: Say = lambda _m: None) -> BuildOutcome:
     from ocibuild.ledger import Lease, Scratch
     from ocibuild.ledger.gc import release_and_collect
 
+    from ocibuild.cnb.packflags import check_publish
+
     app = Path(opts.path).absolute()
     if not app.is_dir():
         raise UsageError(f"app directory {opts.path} does not exist")
+    check_publish(opts.image, opts.publish)
+    if opts.builder is None:  # pack: --builder, else project.toml's builder, else the default
+        from dataclasses import replace
+
+        opts = replace(opts, builder=_project(opts, app).builder)
     dest = destinations(opts)  # every name checked before anything is built or pushed
     scratch = Scratch.resolve(opts.scratch).ensure()
     lease = Lease(scratch).acquire()
@@ -102,13 +117,33 @@ def build(opts: BuildOptions, say: Say = lambda _m: None) -> BuildOutcome:
         if report is not None and outcome is not None:
             outcome = BuildOutcome(**{**outcome.__dict__, "gc": report.to_dict()})
     assert outcome is not None
+    if opts.report_output_dir is not None:
+        _write_report(opts, dest, outcome)
     return outcome
+
+
+def _write_report(opts: BuildOptions, dest: Destinations, outcome: BuildOutcome) -> None:
+    """pack's ``--report-output-dir``: the manifest's size read back from where it was written."""
+    from ocibuild.cnb.packflags import report_tags, write_report
+    from ocibuild.store.open import open_parsed
+
+    written = open_parsed(dest.image, opts.registry_options).resolve(dest.image.identifier or "latest")
+    if str(written.digest) != outcome.digest:
+        raise UsageError(f"{opts.image} changed while the report was written ({written.digest})")
+    write_report(Path(opts.report_output_dir), report_tags(dest), outcome.digest, written.size)
 
 
 def _open(text: str, opts: BuildOptions, *, for_write: bool = False):  # noqa: ANN202
     """A store for a name; ``ocibuild.local/...`` (the embedded images) opens in the scratch layout."""
-    from ocibuild.cnb.local import open_image
+    from ocibuild.cnb.local import local_tag, open_image
 
+    if opts.pull_policy and not for_write and local_tag(text) is None:
+        from ocibuild.cnb.packflags import read_through
+
+        kept = read_through(text, opts.pull_policy, default_registry=opts.default_registry,
+                            options=opts.registry_options, scratch=opts.scratch, platform=opts.platform)
+        if kept is not None:
+            return kept
     return open_image(text, opts.default_registry, opts.registry_options, scratch=opts.scratch,
                       for_write=for_write)
 
@@ -205,7 +240,7 @@ def _build(opts: BuildOptions, dest: Destinations, app: Path, scratch: Any, leas
 
         project = _project(opts, app)
         env = {**project.env, **opts.env}  # pack: --env overrides project.toml
-        extra, order = _requested_buildpacks(opts.buildpacks or project.buildpacks, opts, builder)
+        extra, order = _requested_buildpacks(opts.buildpacks or project.buildpacks, opts, builder, project)  # issue 12
         composed = phases.run("composing builder", lambda: compose_builder(
             builder,
             buildpacks=extra,
@@ -265,7 +300,7 @@ def _build(opts: BuildOptions, dest: Destinations, app: Path, scratch: Any, leas
         from ocibuild.cnb.cache import restore
         from ocibuild.cnb.export import previous_metadata
 
-        previous = _previous(previous_metadata, target_store, target_id)
+        previous = _previous(previous_metadata, target_store, target_id, opts)  # issue 12: --previous-image
         cache = _cache(opts, scratch, target_store)
         if not opts.clear_cache:
             phases.run("restoring", lambda: restore(cache, layers, list(detected.group), previous=previous,
@@ -364,31 +399,56 @@ def _is_builder_ref(source: str, builder: Any = None) -> bool:
     return "@" in source and ":" not in source
 
 
-def _requested_buildpacks(sources: tuple[str, ...], opts: BuildOptions, builder: Any = None) -> tuple[list[Any], Any]:
+def _requested_buildpacks(sources: tuple[str, ...], opts: BuildOptions, builder: Any = None,
+                          project: Any = None) -> tuple[list[Any], Any]:
     """pack's ``--buildpack``: one group, in the order given; sources that are not on the builder
-    are fetched (a composite brings its dependencies, which are added but not put in the group)."""
-    from ocibuild.cnb.buildpack import load_buildpacks
+    are fetched (a composite brings its dependencies, which are added but not put in the group).
+    ``--pre-buildpack``/``--post-buildpack`` (else project.toml's pre/post groups) go before/after
+    that group, or before/after every group of the builder's order when no buildpack is given."""
     from ocibuild.cnb.compose import parse_order
 
-    if not sources:
+    pre = opts.pre_buildpacks or (project.pre_buildpacks if project is not None else ())
+    post = opts.post_buildpacks or (project.post_buildpacks if project is not None else ())
+    if not sources and not pre and not post:
         return [], None
     extra: list[Any] = []
+    pre_members = _members(pre, opts, builder, extra, "--pre-buildpack")
+    post_members = _members(post, opts, builder, extra, "--post-buildpack")
+    if not sources:
+        if builder is None or not builder.order:
+            raise UsageError("--pre-buildpack/--post-buildpack: the builder has no order to add them to")
+        return extra, parse_order([[*pre_members, *group, *post_members] for group in builder.order])
+    members = _members(sources, opts, builder, extra, "--buildpack")
+    return extra, parse_order([[*pre_members, *members, *post_members]])
+
+
+def _members(sources: tuple[str, ...], opts: BuildOptions, builder: Any, extra: list[Any], flag: str) -> list[str]:
+    """The group members ``sources`` name; buildpacks fetched for them are appended to ``extra``."""
+    from ocibuild.cnb.buildpack import load_buildpacks
+    from ocibuild.cnb.fetch import is_url, load_url_buildpacks
+
     members: list[str] = []
     for source in sources:
         if source.startswith(BUILDER_URN):  # pack's explicit ID locator
             members.append(source[len(BUILDER_URN):])
             continue
         if source.startswith("urn:cnb:registry:"):
-            raise UsageError(f"--buildpack {source}: the Buildpack Registry is not supported; "
+            raise UsageError(f"{flag} {source}: the Buildpack Registry is not supported; "
                              "give an image reference instead")
-        if _is_builder_ref(source, builder):
+        if is_url(source):
+            from ocibuild.ledger import Scratch
+
+            loaded = load_url_buildpacks(source, Scratch.resolve(opts.scratch).cache_path, platform=opts.platform,
+                                         options=opts.registry_options, default_registry=opts.default_registry)
+        elif _is_builder_ref(source, builder):
             members.append(source)
             continue
-        loaded = load_buildpacks(source, platform=opts.platform, options=opts.registry_options,
-                                 default_registry=opts.default_registry)
+        else:
+            loaded = load_buildpacks(source, platform=opts.platform, options=opts.registry_options,
+                                     default_registry=opts.default_registry)
         members.append(f"{loaded[0].id}@{loaded[0].version}")
         extra += loaded
-    return extra, parse_order([members])
+    return members
 
 
 def _qualified(name: str, opts: BuildOptions) -> str:
@@ -591,9 +651,25 @@ def _write_group(layers: Path, group: Any) -> None:
     (layers / "group.toml").write_text(tomli_w.dumps(doc))
 
 
-def _previous(previous_metadata: Callable[..., Any], store: Any, identifier: str | None) -> Any:
+def _previous(previous_metadata: Callable[..., Any], store: Any, identifier: str | None,
+              opts: BuildOptions | None = None) -> Any:
+    """The previous image's metadata: IMAGE's, or ``--previous-image``'s (pack). Launch layers of
+    another image are brought into IMAGE's store (mounted or copied) so export can reuse them."""
     from ocibuild.errors import NotFound
 
+    if opts is not None and opts.previous_image:
+        prev_store, prev_id = _open(opts.previous_image, opts)
+        try:
+            md = previous_metadata(prev_store, prev_id or "latest")
+        except NotFound:
+            return None
+        if md is not None:
+            from ocibuild.transfer.copy import GraphCopier
+
+            descs = [layer["_descriptor"] for bp in md.get("buildpacks") or []
+                     for layer in (bp.get("layers") or {}).values() if layer.get("launch") and "_descriptor" in layer]
+            GraphCopier(prev_store, store).copy_blobs(descs)
+        return md
     if not identifier:
         return None
     try:
@@ -610,6 +686,10 @@ def _cache(opts: BuildOptions, scratch: Any, target_store: Any) -> Any:
         return ImageCache(store, ident or "latest")
     if opts.cache_dir is not None:
         return DirCache(opts.cache_dir)
+    if opts.cache_volume is not None:
+        from ocibuild.cnb.packflags import volume_path
+
+        return DirCache(volume_path(scratch.cache_path, opts.cache_volume, opts.image))
     key = hashlib.sha256(opts.image.encode()).hexdigest()[:16]
     return DirCache(scratch.cache_path / key)
 
