@@ -8,8 +8,10 @@ fixtures; images are judged with skopeo where that says more than ocibuild's own
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -317,3 +319,163 @@ def test_previous_image_reuses_its_launch_layers(tmp_path: Path, app: Path, regi
     unpacked = tmp_path / "unpacked"
     ocibuild("unpack", second_ref, str(unpacked), scratch=scratch)
     assert (unpacked / "layers" / "test_keeper" / "keep" / "file").read_text().startswith("kept ")
+
+
+# -- D. project.toml as pack reads it; buildpacks by URL ----------------------------------------------
+def test_relative_uri_is_read_against_project_toml_from_any_directory(tmp_path: Path) -> None:
+    """buildpacks/samples apps/bash-script: ``uri = "bash-script-buildpack/"`` beside project.toml."""
+    from test_build import PROCFILE
+
+    sample = tmp_path / "samples" / "apps" / "bash-script"
+    sample.mkdir(parents=True)
+    (sample / "Procfile").write_text("web: echo hi\n")
+    write_buildpack(sample / "bash-script-buildpack", "samples/bash-script")
+    (sample / "project.toml").write_text(
+        '[_]\nschema-version = "0.2"\nid = "io.buildpacks.bash-script"\n'
+        '[[io.buildpacks.group]]\nuri = "bash-script-buildpack/"\n'
+        f'[[io.buildpacks.group]]\nuri = "urn:cnb:builder:{PROCFILE}"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocibuild.cli.main", "build", f"oci:{tmp_path}/out:app", "--path",
+         "../samples/apps/bash-script", "--json"], cwd=elsewhere, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OCIBUILD_SCRATCH": str(tmp_path / "scratch")})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["group"] == ["samples/bash-script@1.0.0", PROCFILE]
+    # schema 0.1 spells it [[build.buildpacks]]
+    (sample / "project.toml").write_text('[[build.buildpacks]]\nuri = "bash-script-buildpack"\n'
+                                         f'[[build.buildpacks]]\nid = "ocibuild/procfile"\n')
+    out = build_json(f"oci:{tmp_path}/out:b", scratch=tmp_path / "scratch", app=sample)
+    assert out["group"] == ["samples/bash-script@1.0.0", PROCFILE]
+
+
+class _Served:
+    """A loopback HTTP server in a thread serving ``files`` (path -> bytes), counting GETs."""
+
+    def __init__(self, files: dict[str, bytes]):
+        import http.server
+        import threading
+
+        self.files, self.hits = files, []
+        served = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                served.hits.append(self.path)
+                body = served.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def served():  # noqa: ANN201
+    servers: list[_Served] = []
+
+    def start(files: dict[str, bytes]) -> _Served:
+        servers.append(_Served(files))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_buildpack_by_url_is_downloaded_once_and_cached(tmp_path: Path, app: Path, served) -> None:
+    from test_build import PROCFILE
+
+    bp = tgz_of(write_buildpack(tmp_path / "bp", "test/by-url"), tmp_path / "bp.tgz")
+    server = served({"/bp.tgz": bp.read_bytes()})
+    scratch = tmp_path / "scratch"
+    url = f"{server.base}/bp.tgz"
+    out = build_json(f"oci:{tmp_path}/out:a", "-b", url, "-b", PROCFILE, scratch=scratch, app=app)
+    assert out["group"] == ["test/by-url@1.0.0", PROCFILE]
+    again = build_json(f"oci:{tmp_path}/out:b", "-b", url, "-b", PROCFILE, scratch=scratch, app=app)
+    assert again["digest"] == out["digest"] and server.hits == ["/bp.tgz"]  # fetched once
+    import hashlib
+
+    kept = list((scratch / "cache" / "downloads" / "blobs" / "sha256").iterdir())
+    assert [p.name for p in kept] == [hashlib.sha256(bp.read_bytes()).hexdigest() + ".tgz"]
+    # project.toml may name the URL too (schema 0.2), with the builder's own buildpack by urn.
+    (app / "project.toml").write_text(f'[_]\nschema-version = "0.2"\n[[io.buildpacks.group]]\nuri = "{url}"\n'
+                                      f'[[io.buildpacks.group]]\nuri = "urn:cnb:builder:{PROCFILE}"\n')
+    from_project = build_json(f"oci:{tmp_path}/out:c", scratch=scratch, app=app)
+    assert from_project["group"] == ["test/by-url@1.0.0", PROCFILE]
+
+
+def test_bad_urls_are_refused_in_one_line_and_leave_nothing(tmp_path: Path, app: Path, served) -> None:
+    big_dir = write_buildpack(tmp_path / "big", "test/big")
+    (big_dir / "blob").write_bytes(os.urandom(5000))  # incompressible: the .tgz is over the 1000-byte cap
+    big = tgz_of(big_dir, tmp_path / "big.tgz")
+    junk = tmp_path / "junk.tgz"
+    import tarfile
+
+    with tarfile.open(junk, "w:gz") as tar:
+        (tmp_path / "readme").write_text("not a buildpack\n")
+        tar.add(tmp_path / "readme", arcname="README")
+    server = served({"/big.tgz": big.read_bytes(), "/junk.tgz": junk.read_bytes(), "/garbage.tgz": b"\x00" * 100})
+    scratch = tmp_path / "scratch"
+    cases = {"/missing.tgz": "404", "/big.tgz": "cap", "/junk.tgz": "buildpack.toml", "/garbage.tgz": "buildpack"}
+    for path, expected in cases.items():
+        proc = ocibuild("build", f"oci:{tmp_path}/out:a", "--path", str(app), "-b", f"{server.base}{path}",
+                        scratch=scratch, check=False, env={"OCIBUILD_MAX_DOWNLOAD": "1000"})
+        line = one_line_error(proc)
+        assert expected in line and path in line, line
+        assert not (tmp_path / "out").exists(), path
+        assert scratch_leftovers(scratch) == [], (path, scratch_leftovers(scratch))
+        assert not list((scratch / "cache" / "downloads" / "urls").glob("*")), path
+
+
+def test_project_builder_and_docker_uri(tmp_path: Path, app: Path, registry, fresh_repo: str) -> None:
+    from ocibuild.cnb.defaults import BUILDER_TAG
+    from test_build import PROCFILE
+
+    scratch = tmp_path / "scratch"
+    ocibuild("build", f"oci:{tmp_path}/warm:app", "--path", str(app), scratch=scratch)
+    builder = f"{registry.host}/{fresh_repo}-builder:1"
+    ocibuild("copy", f"oci:{scratch}/layout:{BUILDER_TAG}", builder, scratch=scratch)
+    package = tmp_path / "pkg"
+    _write_buildpackage("test/from-docker", package)
+    ocibuild("copy", f"oci:{package}:pkg", f"{registry.host}/{fresh_repo}-bp:1", scratch=scratch)
+    (app / "project.toml").write_text(
+        f'[_]\nschema-version = "0.2"\n[io.buildpacks]\nbuilder = "{builder}"\n'
+        f'[[io.buildpacks.group]]\nuri = "docker://{registry.host}/{fresh_repo}-bp:1"\n'
+        f'[[io.buildpacks.group]]\nuri = "urn:cnb:builder:{PROCFILE}"\n')
+    out = build_json(f"oci:{tmp_path}/out:a", scratch=scratch, app=app)
+    assert out["group"] == ["test/from-docker@1.0.0", PROCFILE]
+    pushed = json.loads(ocibuild("inspect", "--json", builder, scratch=scratch).stdout)
+    assert out["builder_digest"] == pushed["digest"]  # project.toml's builder, not the embedded one
+
+
+def _write_buildpackage(bp_id: str, layout: Path) -> None:
+    """A one-buildpack buildpackage image (cnb.md §3), its layer at /cnb/buildpacks/<id>/<version>/."""
+    import hashlib
+
+    from support.images import layer_tar
+
+    prefix = f"cnb/buildpacks/{bp_id.replace('/', '_')}/1.0.0/"
+    files = {prefix + "buildpack.toml": f'api = "0.10"\n[buildpack]\nid = "{bp_id}"\nversion = "1.0.0"\n'.encode(),
+             prefix + "bin/detect": (b"#!/bin/sh\nexit 0\n", 0o755),
+             prefix + "bin/build": (b"#!/bin/sh\nexit 0\n", 0o755)}
+    diff_id = "sha256:" + hashlib.sha256(layer_tar(files)).hexdigest()
+    write_image(layout, (files,), tag="pkg", labels={
+        "io.buildpacks.buildpackage.metadata": json.dumps({"id": bp_id, "version": "1.0.0", "stacks": [{"id": "*"}]}),
+        "io.buildpacks.buildpack.layers": json.dumps({bp_id: {"1.0.0": {"api": "0.10", "layerDiffID": diff_id}}}),
+    })
