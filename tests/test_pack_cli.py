@@ -479,3 +479,94 @@ def _write_buildpackage(bp_id: str, layout: Path) -> None:
         "io.buildpacks.buildpackage.metadata": json.dumps({"id": bp_id, "version": "1.0.0", "stacks": [{"id": "*"}]}),
         "io.buildpacks.buildpack.layers": json.dumps({bp_id: {"1.0.0": {"api": "0.10", "layerDiffID": diff_id}}}),
     })
+
+
+# -- E. nothing silently ignored -----------------------------------------------------------------------
+@pytest.fixture
+def warm(tmp_path: Path, app: Path) -> Path:
+    """A scratch dir holding the embedded builder and its build/run images (made by a first build)."""
+    scratch = tmp_path / "warm"
+    ocibuild("build", f"oci:{tmp_path}/warm-out:app", "--path", str(app), scratch=scratch)
+    return scratch
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    ('[[extensions]]\nid = "ext/x"\nuri = "./ext"\n', "[[extensions]]"),
+    ('[[order-extensions]]\n[[order-extensions.group]]\nid = "ext/x"\n', "[[order-extensions]]"),
+    ('[[targets]]\nos = "linux"\narch = "arm64"\n', "[[targets]]"),
+    ('[system.pre]\nbuildpacks = [{ id = "x/y" }]\n', "[system]"),
+    ('[lifecycle]\nversion = "0.20.1"\n', "[lifecycle] version"),
+    ('[[build.env]]\nname = "A"\nvalue = "1"\nexec-env = ["test"]\n', "build.env.exec-env"),
+])
+def test_builder_create_refuses_what_it_cannot_honour(tmp_path: Path, warm: Path, extra: str, named: str) -> None:
+    from test_build import procfile_builder_toml
+
+    config = tmp_path / "builder.toml"
+    config.write_text(procfile_builder_toml(warm / "layout", extra=extra))
+    proc = ocibuild("builder", "create", "--config", str(config), "--tag", f"oci:{tmp_path}/builders:b1",
+                    scratch=warm, check=False)
+    assert named in one_line_error(proc)
+    assert not (tmp_path / "builders").exists()
+
+
+def test_platforms_a_single_platform_image_lacks_are_refused(tmp_path: Path, app: Path, warm: Path) -> None:
+    from test_build import procfile_builder_toml
+
+    config = tmp_path / "builder.toml"
+    config.write_text(procfile_builder_toml(warm / "layout"))
+    proc = ocibuild("builder", "create", "--config", str(config), "--tag", f"oci:{tmp_path}/builders:b1",
+                    "--platform", "linux/arm64", scratch=warm, check=False)
+    assert "linux/amd64 image only, not linux/arm64" in one_line_error(proc)
+    assert not (tmp_path / "builders").exists()
+    ok = ocibuild("builder", "create", "--config", str(config), "--tag", f"oci:{tmp_path}/builders:b1",
+                  "--platform", "linux/amd64", scratch=warm)
+    assert ok.stdout.strip().startswith("sha256:")
+    build = ocibuild("build", f"oci:{tmp_path}/out:a", "--path", str(app), "--builder", f"oci:{tmp_path}/builders:b1",
+                     "--platform", "linux/arm64", scratch=warm, check=False)
+    assert "not linux/arm64" in one_line_error(build)
+    assert not (tmp_path / "out").exists() and scratch_leftovers(warm) == []
+
+
+# -- F. rebase ----------------------------------------------------------------------------------------
+def test_rebase_tag_forms_and_the_embedded_run_image_offline(tmp_path: Path, app: Path, registry,
+                                                              fresh_repo: str) -> None:
+    scratch = tmp_path / "scratch"
+    ref = f"{registry.host}/{fresh_repo}"
+    built = build_json(f"{ref}:1", scratch=scratch, app=app)
+    # A fresh scratch dir: the embedded run image is made again there, nothing is fetched from
+    # ocibuild.local (which does not resolve).
+    fresh = tmp_path / "fresh-scratch"
+    full = ocibuild("rebase", f"{ref}:1", "--force", "--tag", f"{ref}:1-rebased", scratch=fresh)
+    digest = full.stdout.strip()
+    assert skopeo_digest(f"docker://{ref}:1-rebased", "--tls-verify=false") == digest
+    bare = ocibuild("rebase", f"{ref}:1", "--force", "--tag", "1-bare", scratch=fresh)
+    assert skopeo_digest(f"docker://{ref}:1-bare", "--tls-verify=false") == bare.stdout.strip() == digest
+    assert skopeo_digest(f"docker://{ref}:1", "--tls-verify=false") == built["digest"]  # IMAGE untouched
+    other = ocibuild("rebase", f"{ref}:1", "--force", "--tag", f"{ref}-other:1", scratch=fresh, check=False)
+    assert "IMAGE's repository" in one_line_error(other)
+    layout = ocibuild("rebase", f"{ref}:1", "--force", "--tag", f"oci:{tmp_path}/l:1", scratch=fresh, check=False)
+    assert "--tag" in one_line_error(layout)
+
+
+def test_manifest_put_5xx_is_one_line_after_the_retries(tmp_path: Path) -> None:
+    """A registry that answers 503 to every manifest PUT (``responses``: a real one will not)."""
+    import responses
+    from typer.testing import CliRunner
+
+    built = write_image(tmp_path / "src", ({"a.txt": b"5xx"},), tag="v1")
+    base = "https://registry.test"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add(responses.GET, f"{base}/v2/", status=200)
+        for blob in (built.config, *built.layers):
+            mock.add(responses.HEAD, f"{base}/v2/team/app/blobs/{blob.digest}", status=200,
+                     headers={"Content-Length": str(blob.size), "Docker-Content-Digest": blob.digest})
+        put = mock.add(responses.PUT, f"{base}/v2/team/app/manifests/1", status=503, body="upstream down",
+                       headers={"Retry-After": "0"})
+        result = CliRunner().invoke(typer_app, ["copy", f"oci:{tmp_path}/src:v1", "registry.test/team/app:1", "-q"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ocibuild: error:") and "503" in lines[0], result.stderr
+    assert "push manifest" in lines[0]
+    from ocibuild.store.options import RegistryOptions
+
+    assert put.call_count == RegistryOptions().retries + 1

@@ -158,21 +158,25 @@ def rebase(
     image: str = typer.Argument(..., metavar="IMAGE"),
     run_image: Optional[str] = typer.Option(None, "--run-image", help="New run image (default: the one the image names)."),
     force: bool = typer.Option(False, "--force", help="Rebase even when the lifecycle's checks refuse."),
-    tag: Optional[str] = typer.Option(None, "--tag", help="Write the result under this tag instead of IMAGE's."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Write the result under this tag instead of IMAGE's: a bare tag or a reference in IMAGE's repository."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Swap the run image under an app image without rebuilding (a manifest and config edit)."""
+    from ocibuild.cnb.local import open_image
+    from ocibuild.cnb.packflags import rebase_tag
     from ocibuild.cnb.rebase import rebase as run_rebase
     from ocibuild.store.open import open_reference
 
     opts = global_options(ctx)
+    dst_tag = rebase_tag(image, tag, opts.registry) if tag is not None else None
     store, ident = open_reference(image, opts.registry, opts.registry_options())
     run_ref = run_image or _named_run_image(store, ident or "latest")
-    run_store, run_ident = open_reference(run_ref, opts.registry, opts.registry_options())
+    # The embedded builder's run image (ocibuild.local/...) is in the scratch layout, not on a network.
+    run_store, run_ident = open_image(run_ref, opts.registry, opts.registry_options())
     from ocibuild.oci.reference import parse_reference
 
     qualified = str(parse_reference(run_ref, opts.registry))  # as the build recorded it (no short names)
-    result = run_rebase(store, ident or "latest", run_store, run_ident or "latest", force=force, dst_tag=tag,
+    result = run_rebase(store, ident or "latest", run_store, run_ident or "latest", force=force, dst_tag=dst_tag,
                         new_run_name=qualified)
     if as_json:
         emit_json({"image": image, "digest": str(result.descriptor.digest), "runImage": run_ref})

@@ -192,3 +192,25 @@ def report_tags(dest: Any) -> list[str]:
         return [f"oci:{image.path}:{t}" for t in (image.tag, *dest.same_tags)]
     names = [str(image)] + [str(image.with_tag(t)) for t in dest.same_tags]
     return names + [str(ref) for ref in dest.other_repositories]
+
+
+# -- rebase --tag ----------------------------------------------------------------------------------
+def rebase_tag(image: str, tag: str, default_registry: str | None) -> str:
+    """``rebase --tag``: a bare tag, or a full reference in IMAGE's own repository (or layout); the
+    tag it names. Another repository or layout is refused: the result's blobs live in IMAGE's."""
+    from ocibuild.oci.reference import _TAG, LayoutReference, parse_reference
+
+    if _TAG.match(tag) and ":" not in tag:
+        return tag
+    source = parse_reference(image, default_registry)
+    named = parse_reference(tag, default_registry)
+    if isinstance(source, LayoutReference) != isinstance(named, LayoutReference):
+        raise UsageError(f"--tag {tag}: not where IMAGE {image} is")
+    if isinstance(named, LayoutReference):
+        if os.path.realpath(named.path) != os.path.realpath(source.path):
+            raise UsageError(f"--tag {tag}: not in the layout {source.path} that IMAGE names")
+    elif (named.registry, named.repository) != (source.registry, source.repository):
+        raise UsageError(f"--tag {tag}: not in IMAGE's repository {source.registry}/{source.repository}")
+    if named.digest is not None or not named.tag:
+        raise UsageError(f"--tag {tag}: name a tag, not a digest")
+    return named.tag
