@@ -243,10 +243,16 @@ def test_pull_policy_keeps_builder_and_run_image_and_works_offline(tmp_path: Pat
     first = build_json(f"oci:{tmp_path}/out:a", "--builder", builder, "--run-image", run,
                        "--pull-policy", "if-not-present", scratch=scratch, app=app)
     private.stop()  # from here on the registry is gone: the kept copies are all there is
+    ocibuild("gc", "--grace", "0", scratch=scratch)  # the kept copies are roots: collection leaves them
     for policy in ("if-not-present", "never"):
         again = build_json(f"oci:{tmp_path}/out:b", "--builder", builder, "--run-image", run,
                            "--pull-policy", policy, scratch=scratch, app=app)
         assert again["digest"] == first["digest"], policy
+    tags = json.loads((scratch / "layout" / "index.json").read_text())["manifests"]
+    kept = {m["annotations"]["org.opencontainers.image.ref.name"] for m in tags}
+    assert {f"pulled/{builder}", f"pulled/{run}"} <= kept
+    fsck = ocibuild("fsck", "--json", scratch=scratch, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     always = build_json(f"oci:{tmp_path}/out:c", "--builder", builder, "--run-image", run, "--pull-policy", "always",
                         scratch=scratch, app=app, check=False)
     assert always.returncode != 0 and "Traceback" not in always.stderr
