@@ -235,22 +235,27 @@ def test_pull_policy_keeps_builder_and_run_image_and_works_offline(tmp_path: Pat
     builder, run = f"{private.host}/pull/builder:1", f"{private.host}/pull/run:1"
     ocibuild("copy", f"oci:{warm}/layout:{BUILDER_TAG}", builder, scratch=warm)
     ocibuild("copy", f"oci:{warm}/layout:{RUN_TAG}", run, scratch=warm)
+    _write_buildpackage("test/kept-package", tmp_path / "pkg")
+    package = f"{private.host}/pull/bp:1"
+    ocibuild("copy", f"oci:{tmp_path}/pkg:pkg", package, scratch=warm)
+    bps = ("-b", package, "-b", "ocibuild/procfile")
 
     scratch = tmp_path / "scratch"
     never = build_json(f"oci:{tmp_path}/out:a", "--builder", builder, "--run-image", run, "--pull-policy", "never",
                        scratch=scratch, app=app, check=False)
     assert "--pull-policy never" in one_line_error(never, 1)
-    first = build_json(f"oci:{tmp_path}/out:a", "--builder", builder, "--run-image", run,
+    first = build_json(f"oci:{tmp_path}/out:a", "--builder", builder, "--run-image", run, *bps,
                        "--pull-policy", "if-not-present", scratch=scratch, app=app)
+    assert first["group"] == ["test/kept-package@1.0.0", "ocibuild/procfile@0.1.0"]
     private.stop()  # from here on the registry is gone: the kept copies are all there is
     ocibuild("gc", "--grace", "0", scratch=scratch)  # the kept copies are roots: collection leaves them
     for policy in ("if-not-present", "never"):
-        again = build_json(f"oci:{tmp_path}/out:b", "--builder", builder, "--run-image", run,
+        again = build_json(f"oci:{tmp_path}/out:b", "--builder", builder, "--run-image", run, *bps,
                            "--pull-policy", policy, scratch=scratch, app=app)
         assert again["digest"] == first["digest"], policy
     tags = json.loads((scratch / "layout" / "index.json").read_text())["manifests"]
     kept = {m["annotations"]["org.opencontainers.image.ref.name"] for m in tags}
-    assert {f"pulled/{builder}", f"pulled/{run}"} <= kept
+    assert {f"pulled/{builder}", f"pulled/{run}", f"pulled/{package}"} <= kept
     fsck = ocibuild("fsck", "--json", scratch=scratch, check=False)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     always = build_json(f"oci:{tmp_path}/out:c", "--builder", builder, "--run-image", run, "--pull-policy", "always",

@@ -214,3 +214,20 @@ def rebase_tag(image: str, tag: str, default_registry: str | None) -> str:
     if named.digest is not None or not named.tag:
         raise UsageError(f"--tag {tag}: name a tag, not a digest")
     return named.tag
+
+
+def kept_buildpackage(source: str, policy: str, *, default_registry: str | None, options: Any,
+                      scratch: str | os.PathLike[str] | None, platform: Any = None) -> str:
+    """A ``--buildpack`` that names a buildpackage image, read through its kept copy as ``policy``
+    says: the ``oci:LAYOUT@DIGEST`` of that copy. Other sources (paths, ids, layouts) are returned as
+    they are."""
+    from ocibuild.cnb.buildpack import _looks_like_reference
+
+    if os.path.exists(source) or not (source.startswith("docker://") or _looks_like_reference(source)):
+        return source
+    kept = read_through(source.removeprefix("docker://"), policy, default_registry=default_registry,
+                        options=options, scratch=scratch, platform=platform)
+    if kept is None:
+        return source
+    store, tag = kept
+    return f"oci:{store.path}@{store.resolve(tag).digest}"

@@ -444,6 +444,12 @@ def _members(sources: tuple[str, ...], opts: BuildOptions, builder: Any, extra: 
             members.append(source)
             continue
         else:
+            if opts.pull_policy:  # a buildpackage image goes through its kept copy too
+                from ocibuild.cnb.packflags import kept_buildpackage
+
+                source = kept_buildpackage(source, opts.pull_policy, default_registry=opts.default_registry,
+                                           options=opts.registry_options, scratch=opts.scratch,
+                                           platform=opts.platform)
             loaded = load_buildpacks(source, platform=opts.platform, options=opts.registry_options,
                                      default_registry=opts.default_registry)
         members.append(f"{loaded[0].id}@{loaded[0].version}")
