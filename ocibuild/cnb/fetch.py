@@ -175,4 +175,5 @@ def load_url_buildpacks(url: str, cache_root: Path, *, platform: Any = None, opt
     except OCIBuildError as err:
         if fresh:
             downloads.forget(url, path)
-        raise UsageError(f"buildpack {_safe_url(url)}: {err}") from None
+        reason = str(err).replace(f"{path}: ", "").replace(str(path), "the download")
+        raise UsageError(f"buildpack {_safe_url(url)}: {reason}") from None
