@@ -584,3 +584,17 @@ def test_manifest_put_5xx_is_one_line_after_the_retries(tmp_path: Path) -> None:
     from ocibuild.store.options import RegistryOptions
 
     assert put.call_count == RegistryOptions().retries + 1
+
+
+def test_builder_toml_buildpack_by_url(tmp_path: Path, warm: Path, served) -> None:
+    from test_build import procfile_builder_toml
+
+    bp = tgz_of(write_buildpack(tmp_path / "bp", "test/from-url"), tmp_path / "bp.tgz")
+    server = served({"/bp.tgz": bp.read_bytes()})
+    config = tmp_path / "builder.toml"
+    config.write_text(procfile_builder_toml(warm / "layout", extra=f'[[buildpacks]]\nuri = "{server.base}/bp.tgz"\n'))
+    ocibuild("builder", "create", "--config", str(config), "--tag", f"oci:{tmp_path}/builders:b1", scratch=warm)
+    info = json.loads(ocibuild("builder", "inspect", f"oci:{tmp_path}/builders:b1", "--json", scratch=warm).stdout)
+    assert {"id": "test/from-url", "version": "1.0.0"}.items() <= next(
+        b for b in info["buildpacks"] if b["id"] == "test/from-url").items()
+    assert server.hits == ["/bp.tgz"]

@@ -3,7 +3,8 @@
 Fields read (buildpacks/pack:builder/config_reader.go): ``description``, ``[[buildpacks]]`` (``uri``
 or ``image``), ``[[order]]``/``[[order.group]]``, ``[stack]`` (``id``, ``build-image``,
 ``run-image``, ``run-image-mirrors``), ``[build] image`` and ``[[build.env]]``, ``[[run.images]]``,
-``[lifecycle] uri`` (a local lifecycle tgz; ocibuild downloads nothing). Relative URIs are relative to
+``[lifecycle] uri`` (a lifecycle tgz: a path, or an ``http(s)://`` URL fetched as buildpack URLs are,
+see ``cnb/fetch.py``). Relative URIs are relative to
 the directory of the builder.toml. Anything else (``[[extensions]]``, ``[[order-extensions]]``,
 ``[[targets]]``, ``[system]``, ``[lifecycle] version`` without a ``uri``...) is refused in one line
 naming it: a builder that silently lacks what its config asks for is worse than none.
@@ -174,10 +175,21 @@ def config_buildpacks(config: BuilderConfig, platform: Platform | None = None, o
             raise UsageError(f"{config.path}: buildpack {entry.id or '?'} has neither uri nor image "
                              "(ocibuild does not query buildpack registries)")
         if source.startswith(("http://", "https://")):
-            raise UsageError(f"{config.path}: {source}: download it and point uri at the local file")
+            from ocibuild.cnb.fetch import load_url_buildpacks
+
+            out.extend(load_url_buildpacks(source, _download_root(), platform=platform, options=options,
+                                           default_registry=default_registry))
+            continue
         out.extend(load_buildpacks(source, base_dir=config.base_dir, platform=platform, options=options,
                                    default_registry=default_registry))
     return dedupe(out)
+
+
+def _download_root() -> Path:
+    """Where URLs in a builder.toml are downloaded to: the scratch directory's cache, as for builds."""
+    from ocibuild.ledger import Scratch
+
+    return Scratch.resolve(None).ensure().cache_path
 
 
 def config_lifecycle(config: BuilderConfig) -> Lifecycle | None:
@@ -185,7 +197,10 @@ def config_lifecycle(config: BuilderConfig) -> Lifecycle | None:
     if not uri:
         return None
     if uri.startswith(("http://", "https://")):
-        raise UsageError(f"{config.path}: lifecycle {uri}: download it and point uri at the local file")
+        from ocibuild.cnb.fetch import Downloads
+
+        path, _fresh = Downloads(_download_root() / "downloads").fetch(uri)
+        return Lifecycle.from_file(path)
     uri = uri.removeprefix("file://")
     path = Path(uri) if os.path.isabs(uri) else config.base_dir / uri
     return Lifecycle.from_file(path)
