@@ -102,6 +102,16 @@ def build(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show phase timings and the whole detection log."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     quiet_flag: bool = typer.Option(False, "--quiet", "-q", help="Print only the digest (also a global option)."),
+    publish: bool = typer.Option(False, "--publish", help="IMAGE is a registry reference (ocibuild always writes where IMAGE names; an oci: IMAGE is refused)."),
+    previous_image: Optional[str] = typer.Option(None, "--previous-image", help="Reuse launch layers from this image instead of IMAGE."),
+    report_output_dir: Optional[Path] = typer.Option(None, "--report-output-dir", help="Write the lifecycle's report.toml (tags, digest, manifest-size) here."),
+    cache: list[str] = typer.Option([], "--cache", help="pack's 'type=build;format=image;name=REF' | 'format=bind;source=DIR' | 'format=volume[;name=N]'."),
+    pull_policy: Optional[str] = typer.Option(None, "--pull-policy", metavar="always|never|if-not-present", help="Read the builder and run image through a copy kept in the scratch layout."),
+    pre_buildpack: list[str] = typer.Option([], "--pre-buildpack", help="Buildpack run before every group (repeatable; replaces project.toml's pre group)."),
+    post_buildpack: list[str] = typer.Option([], "--post-buildpack", help="Buildpack run after every group (repeatable; replaces project.toml's post group)."),
+    trust_builder: bool = typer.Option(False, "--trust-builder", help="Accepted: every builder's buildpacks run isolated anyway."),
+    lifecycle_image: Optional[str] = typer.Option(None, "--lifecycle-image", help="Refused: ocibuild runs no lifecycle image."),
+    extension: list[str] = typer.Option([], "--extension", help="Refused: image extensions are not supported yet."),
 ) -> None:
     """Build IMAGE from an app directory with Cloud Native Buildpacks; prints the image digest last."""
     from ocibuild.cnb.errors import DetectFailed
@@ -109,12 +119,21 @@ def build(
     from ocibuild.cnb.pipeline import build as run_build
     from ocibuild.oci.descriptor import Platform
 
+    from ocibuild.cnb.packflags import parse_cache, parse_pull_policy, refuse
+
+    refuse("--lifecycle-image", lifecycle_image, "the lifecycle's phases run in-process, not from an image")
+    refuse("--extension", extension, "image extensions (Dockerfiles) are not run")
+    del trust_builder  # accepted for pack's command lines: nothing is trusted more than anything else
+    caches = parse_cache(cache, cache_image=cache_image, cache_dir=cache_dir)
     opts = global_options(ctx)
     quiet = opts.quiet or quiet_flag
     try:
         outcome = _run_build(run_build, BuildOptions(
             image=image, path=path, builder=builder, buildpacks=tuple(buildpack), env=_env(env, env_file),
-            run_image=run_image, tags=tuple(tag), cache_image=cache_image, cache_dir=cache_dir,
+            run_image=run_image, tags=tuple(tag), cache_image=caches.image, cache_dir=caches.directory,
+            cache_volume=caches.volume, publish=publish, previous_image=previous_image,
+            report_output_dir=report_output_dir, pull_policy=parse_pull_policy(pull_policy),
+            pre_buildpacks=tuple(pre_buildpack), post_buildpacks=tuple(post_buildpack),
             clear_cache=clear_cache, default_process=default_process,
             creation_time=_creation_time(creation_time),
             platform=Platform.parse(platform) if platform else None, sbom_output_dir=sbom_output_dir,
@@ -145,21 +164,25 @@ def rebase(
     image: str = typer.Argument(..., metavar="IMAGE"),
     run_image: Optional[str] = typer.Option(None, "--run-image", help="New run image (default: the one the image names)."),
     force: bool = typer.Option(False, "--force", help="Rebase even when the lifecycle's checks refuse."),
-    tag: Optional[str] = typer.Option(None, "--tag", help="Write the result under this tag instead of IMAGE's."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Write the result under this tag instead of IMAGE's: a bare tag or a reference in IMAGE's repository."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Swap the run image under an app image without rebuilding (a manifest and config edit)."""
+    from ocibuild.cnb.local import open_image
+    from ocibuild.cnb.packflags import rebase_tag
     from ocibuild.cnb.rebase import rebase as run_rebase
     from ocibuild.store.open import open_reference
 
     opts = global_options(ctx)
+    dst_tag = rebase_tag(image, tag, opts.registry) if tag is not None else None
     store, ident = open_reference(image, opts.registry, opts.registry_options())
     run_ref = run_image or _named_run_image(store, ident or "latest")
-    run_store, run_ident = open_reference(run_ref, opts.registry, opts.registry_options())
+    # The embedded builder's run image (ocibuild.local/...) is in the scratch layout, not on a network.
+    run_store, run_ident = open_image(run_ref, opts.registry, opts.registry_options())
     from ocibuild.oci.reference import parse_reference
 
     qualified = str(parse_reference(run_ref, opts.registry))  # as the build recorded it (no short names)
-    result = run_rebase(store, ident or "latest", run_store, run_ident or "latest", force=force, dst_tag=tag,
+    result = run_rebase(store, ident or "latest", run_store, run_ident or "latest", force=force, dst_tag=dst_tag,
                         new_run_name=qualified)
     if as_json:
         emit_json({"image": image, "digest": str(result.descriptor.digest), "runImage": run_ref})

@@ -20,9 +20,26 @@ import typer
 from typer.core import TyperGroup
 
 from ocibuild import __version__
-from ocibuild.cli.options import GlobalOptions
+from ocibuild.cli.options import (
+    CA_CERT_HELP,
+    DEBUG_HELP,
+    INSECURE_HELP,
+    QUIET_HELP,
+    REGISTRY_HELP,
+    GlobalOptions,
+    check_ca_cert,
+    global_options,
+    inject_global_options,
+)
 from ocibuild.cli.output import error_line
 from ocibuild.errors import OCIBuildError
+
+try:  # typer >= 0.28 carries its own click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError as ClickUsageError
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click.exceptions import UsageError as ClickUsageError
+
+    NoArgsIsHelpError = None  # type: ignore[assignment,misc]
 
 COMMAND_MODULES: tuple[str, ...] = (
     "ocibuild.cli.image",  # copy, inspect, manifest, config, digest, tags, delete, login, logout, append, mutate, unpack
@@ -33,10 +50,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def _debug_requested(ctx: typer.Context) -> bool:
-    obj = ctx.find_root().obj
-    if isinstance(obj, GlobalOptions):
-        return obj.debug
-    return "--debug" in sys.argv[1:]
+    return global_options(ctx).debug or "--debug" in sys.argv[1:]
 
 
 #: Exit status of a process whose stdout reader went away, as a shell reports one killed by SIGPIPE.
@@ -94,7 +108,18 @@ class OCIBuildGroup(TyperGroup):
     SIGTERM/SIGHUP take Ctrl-C's path while a command runs; an interrupted command prints one line
     and exits 128 + the signal number (143 for SIGTERM, 130 for SIGINT). A reader that closed our
     stdout (``| head -1``) ends the command silently with 141, as Go tools killed by SIGPIPE do.
+    Every command under it also takes the global options after its name (``inject_global_options``).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inject_global_options(self)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except ClickUsageError as err:
+            raise _usage_exit(err) from None
 
     def invoke(self, ctx: Any) -> Any:
         previous = _install_stop_handlers()
@@ -107,6 +132,8 @@ class OCIBuildGroup(TyperGroup):
     def _invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except ClickUsageError as err:
+            raise _usage_exit(err) from None
         except KeyboardInterrupt as stop:
             signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
             if _debug_requested(ctx):
@@ -134,6 +161,16 @@ class OCIBuildGroup(TyperGroup):
             raise typer.Exit(1) from None
 
 
+def _usage_exit(err: Any) -> typer.Exit:
+    """A command-line mistake (unknown flag, missing argument, bad value) as one line, exit 2."""
+    if NoArgsIsHelpError is not None and isinstance(err, NoArgsIsHelpError):
+        raise err  # the group's help, as asked
+    ctx = getattr(err, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    error_line(err.format_message() + hint)
+    return typer.Exit(2)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"ocibuild {__version__}")
@@ -144,24 +181,22 @@ def _root(
     ctx: typer.Context,
     registry: Optional[str] = typer.Option(
         None, "--registry", envvar="OCIBUILD_REGISTRY", metavar="HOST[:PORT]",
-        help="Registry for short image names (default: Docker Hub).",
+        help=REGISTRY_HELP,
     ),
     insecure_registry: list[str] = typer.Option(
-        [], "--insecure-registry", metavar="HOST[:PORT]", help="Speak plain HTTP / skip TLS checks to HOST (repeatable).",
+        [], "--insecure-registry", metavar="HOST[:PORT]", help=INSECURE_HELP,
     ),
     ca_cert: Optional[str] = typer.Option(
-        None, "--ca-cert", envvar="OCIBUILD_CA_CERT", metavar="PEM", help="Extra CA certificate(s) to trust.",
+        None, "--ca-cert", envvar="OCIBUILD_CA_CERT", metavar="PEM", help=CA_CERT_HELP,
     ),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or notes."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help=QUIET_HELP),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit.",
     ),
 ) -> None:
     """Daemonless OCI image manipulator and Cloud Native Buildpacks builder."""
-    if ca_cert and not os.path.isfile(ca_cert):
-        # checked here: requests would only say "no suitable TLS CA certificate bundle" at the first request
-        raise typer.BadParameter(f"{ca_cert}: no such file", param_hint="--ca-cert / OCIBUILD_CA_CERT")
+    check_ca_cert(ca_cert)
     ctx.obj = GlobalOptions(
         registry=registry or None,
         insecure_registries=tuple(insecure_registry),

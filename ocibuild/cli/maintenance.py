@@ -21,10 +21,9 @@ _JSON = typer.Option(False, "--json", help="Print a JSON document.")
 def _registry_options(ctx: typer.Context) -> Callable[[], Any]:
     """A factory, not the options: building them imports the registry client (``requests``), which
     ``gc`` needs only when a finished build pushed an ephemeral manifest to a registry."""
-    from ocibuild.cli.options import GlobalOptions
+    from ocibuild.cli.options import global_options
 
-    obj = ctx.find_root().obj
-    return obj.registry_options if isinstance(obj, GlobalOptions) else (lambda: None)
+    return global_options(ctx).registry_options
 
 
 @app.command()

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from ocibuild.cnb.buildpack import _select
 from ocibuild.cnb.descriptor import Order, parse_order
-from ocibuild.errors import ManifestError
+from ocibuild.errors import ManifestError, UsageError
 from ocibuild.oci.descriptor import Descriptor, Platform
 from ocibuild.oci.digest import Digest
 from ocibuild.oci.manifest import _freeze  # the model's freezer: labels are frozen as manifests are
@@ -262,6 +262,10 @@ def open_builder(
             raise InvalidBuilder(f"{label}: nested image indexes are not supported")
         desc = Descriptor(desc.media_type, desc.digest, desc.size, platform=entry.platform)
     config = load_config(store, manifest.config)
+    if index_desc is None and platform is not None and not platform.matches(config.platform):
+        # A single-platform image cannot be another platform's builder: refused, never built as its own.
+        raise UsageError(f"{label} is a {config.platform} image only, not {platform}: "
+                         f"give an image (or index) with a {platform} manifest")
     return builder_from_parts(label, desc, manifest, config, store=store, index_descriptor=index_desc,
                               require_metadata=require_metadata)
 

@@ -3,8 +3,11 @@
 Fields read (buildpacks/pack:builder/config_reader.go): ``description``, ``[[buildpacks]]`` (``uri``
 or ``image``), ``[[order]]``/``[[order.group]]``, ``[stack]`` (``id``, ``build-image``,
 ``run-image``, ``run-image-mirrors``), ``[build] image`` and ``[[build.env]]``, ``[[run.images]]``,
-``[lifecycle] uri`` (a local lifecycle tgz; ocibuild downloads nothing). Relative URIs are relative to
-the directory of the builder.toml.
+``[lifecycle] uri`` (a lifecycle tgz: a path, or an ``http(s)://`` URL fetched as buildpack URLs are,
+see ``cnb/fetch.py``). Relative URIs are relative to
+the directory of the builder.toml. Anything else (``[[extensions]]``, ``[[order-extensions]]``,
+``[[targets]]``, ``[system]``, ``[lifecycle] version`` without a ``uri``...) is refused in one line
+naming it: a builder that silently lacks what its config asks for is worse than none.
 """
 
 from __future__ import annotations
@@ -66,6 +69,45 @@ def _str(value: Any, what: str) -> str:
     return value
 
 
+#: What ocibuild honours in builder.toml, table by table (``[[build.env]]`` entries: ``_env``).
+_KNOWN: Mapping[str, frozenset[str] | None] = {
+    "description": None, "buildpacks": frozenset({"uri", "image", "id", "version"}), "order": None,
+    "stack": frozenset({"id", "build-image", "run-image", "run-image-mirrors"}),
+    "build": frozenset({"image", "env"}), "run": frozenset({"images"}), "lifecycle": frozenset({"uri", "version"}),
+}
+_WHY = {
+    "extensions": "image extensions are not run", "order-extensions": "image extensions are not run",
+    "targets": "one builder per --platform: run builder create once per platform",
+    "system": "system buildpacks are not added to the order",
+}
+
+
+def _refuse_unknown(doc: Mapping[str, Any], where: str) -> None:
+    """One line naming the first table or key of ``doc`` ocibuild would otherwise drop."""
+    for key, value in doc.items():
+        if key not in _KNOWN:
+            shown = f"[[{key}]]" if isinstance(value, list) and value and isinstance(value[0], Mapping) \
+                else f"[{key}]" if isinstance(value, Mapping) else key
+            why = _WHY.get(key, "unknown to ocibuild")
+            raise UsageError(f"{where}: {shown} is not supported ({why})")
+        allowed = _KNOWN[key]
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if allowed is not None and isinstance(item, Mapping):
+                extra = sorted(set(item) - allowed)
+                if extra:
+                    raise UsageError(f"{where}: {key}.{extra[0]} is not supported by ocibuild")
+    for item in (doc.get("build") or {}).get("env") or []:
+        if isinstance(item, Mapping):
+            extra = sorted(set(item) - {"name", "value", "suffix", "delim"})
+            if extra:
+                raise UsageError(f"{where}: build.env.{extra[0]} is not supported by ocibuild")
+    lifecycle = doc.get("lifecycle")
+    if isinstance(lifecycle, Mapping) and lifecycle.get("version") and not lifecycle.get("uri"):
+        raise UsageError(f"{where}: [lifecycle] version {lifecycle['version']}: ocibuild downloads no lifecycle; "
+                         "set [lifecycle] uri to a local lifecycle .tgz")
+
+
 def read_builder_config(path: str | os.PathLike[str]) -> BuilderConfig:
     path = Path(path)
     try:
@@ -75,6 +117,7 @@ def read_builder_config(path: str | os.PathLike[str]) -> BuilderConfig:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
     where = str(path)
+    _refuse_unknown(doc, where)
     entries = []
     for item in doc.get("buildpacks") or []:
         if not isinstance(item, Mapping):
@@ -132,10 +175,21 @@ def config_buildpacks(config: BuilderConfig, platform: Platform | None = None, o
             raise UsageError(f"{config.path}: buildpack {entry.id or '?'} has neither uri nor image "
                              "(ocibuild does not query buildpack registries)")
         if source.startswith(("http://", "https://")):
-            raise UsageError(f"{config.path}: {source}: download it and point uri at the local file")
+            from ocibuild.cnb.fetch import load_url_buildpacks
+
+            out.extend(load_url_buildpacks(source, _download_root(), platform=platform, options=options,
+                                           default_registry=default_registry))
+            continue
         out.extend(load_buildpacks(source, base_dir=config.base_dir, platform=platform, options=options,
                                    default_registry=default_registry))
     return dedupe(out)
+
+
+def _download_root() -> Path:
+    """Where URLs in a builder.toml are downloaded to: the scratch directory's cache, as for builds."""
+    from ocibuild.ledger import Scratch
+
+    return Scratch.resolve(None).ensure().cache_path
 
 
 def config_lifecycle(config: BuilderConfig) -> Lifecycle | None:
@@ -143,7 +197,10 @@ def config_lifecycle(config: BuilderConfig) -> Lifecycle | None:
     if not uri:
         return None
     if uri.startswith(("http://", "https://")):
-        raise UsageError(f"{config.path}: lifecycle {uri}: download it and point uri at the local file")
+        from ocibuild.cnb.fetch import Downloads
+
+        path, _fresh = Downloads(_download_root() / "downloads").fetch(uri)
+        return Lifecycle.from_file(path)
     uri = uri.removeprefix("file://")
     path = Path(uri) if os.path.isabs(uri) else config.base_dir / uri
     return Lifecycle.from_file(path)

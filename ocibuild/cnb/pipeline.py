@@ -72,6 +72,14 @@ class BuildOptions:
     network: str = "host"  # pack's --network: host, or none (loopback only)
     volumes: tuple[str, ...] = ()  # pack's --volume HOST:TARGET[:ro|:rw]
     isolation: str = "namespace"  # or none: only inside the builder image itself
+    # pack's flags (parsed in ocibuild.cnb.packflags):
+    publish: bool = False  # IMAGE must be a registry reference
+    previous_image: str | None = None  # launch layers reused from this image instead of IMAGE
+    report_output_dir: Path | None = None  # report.toml: [image] tags, digest, manifest-size
+    pull_policy: str | None = None  # always | never | if-not-present: builder and run image via the scratch layout
+    cache_volume: str | None = None  # --cache format=volume: a named cache directory in the scratch dir
+    pre_buildpacks: tuple[str, ...] = ()  # before every group (replaces project.toml's pre group)
+    post_buildpacks: tuple[str, ...] = ()  # after every group (replaces project.toml's post group)
 
 
 @dataclass(frozen=True)
@@ -103,12 +111,16 @@ class _Phases:
 
 def build(opts: BuildOptions, say: Say = lambda _m: None) -> BuildOutcome:
     from ocibuild.cnb.destinations import destinations
+    from ocibuild.cnb.packflags import check_publish
     from ocibuild.ledger import Lease, Scratch
     from ocibuild.ledger.gc import release_and_collect
 
     app = Path(opts.path).absolute()
     if not app.is_dir():
         raise UsageError(f"app directory {opts.path} does not exist")
+    check_publish(opts.image, opts.publish)
+    if opts.builder is None:  # pack: --builder, else project.toml's builder, else the default
+        opts = replace(opts, builder=_project(opts, app).builder)
     dest = destinations(opts.image, opts.tags, opts.default_registry)  # checked before anything is built
     volumes = _volumes(opts)
     scratch = Scratch.resolve(opts.scratch).ensure()
@@ -121,7 +133,20 @@ def build(opts: BuildOptions, say: Say = lambda _m: None) -> BuildOutcome:
         if report is not None and outcome is not None:
             outcome = replace(outcome, gc=report.to_dict())
     assert outcome is not None
+    if opts.report_output_dir is not None:
+        _write_report(opts, dest, outcome)
     return outcome
+
+
+def _write_report(opts: BuildOptions, dest: Destinations, outcome: BuildOutcome) -> None:
+    """pack's ``--report-output-dir``: the manifest's size read back from where it was written."""
+    from ocibuild.cnb.packflags import report_tags, write_report
+    from ocibuild.store.open import open_parsed
+
+    written = open_parsed(dest.image, opts.registry_options).resolve(dest.image.identifier or "latest")
+    if str(written.digest) != outcome.digest:
+        raise UsageError(f"{opts.image} changed while the report was written ({written.digest})")
+    write_report(Path(opts.report_output_dir), report_tags(dest), outcome.digest, written.size)
 
 
 def _volumes(opts: BuildOptions) -> tuple[Any, ...]:
@@ -179,7 +204,7 @@ class _Build:
         self.say("group: " + ", ".join(group_names))
 
         target_store = Recorded(open_parsed(self.dest.image, opts.registry_options, for_write=True), self.lease)
-        previous = _previous(target_store, self.dest.image.identifier)
+        previous = _previous(target_store, self.dest.image.identifier, opts)
         cache = _cache(opts, self.scratch)
         if not opts.clear_cache:
             phases.run("restoring", lambda: RestorePhase(env, cache, previous, opts.layers_dir).run(detected.group))
@@ -221,9 +246,7 @@ class _Build:
         original = self.phases.run("resolving builder", lambda: open_builder(
             store, builder_id or "latest", platform=opts.platform))
         digest = original.digest  # identity, captured before anything is composed
-        extra, order = requested_buildpacks(opts.buildpacks or project.buildpacks, original,
-                                            platform=opts.platform, registry_options=opts.registry_options,
-                                            default_registry=opts.default_registry)
+        extra, order = requested_buildpacks(opts, project, original)
         composed = self.phases.run("composing builder", lambda: compose_builder(
             original, buildpacks=extra, order=order, env={**project.env, **opts.env},
             run_image=opts.run_image, scratch_store=scratch_store,
@@ -365,9 +388,19 @@ def _same_layout(store: Any, layout: LayoutStore) -> bool:
 
 
 def _open(text: str, opts: BuildOptions, *, for_write: bool = False) -> tuple[Store, str | None]:
-    from ocibuild.store.open import open_reference
+    """A store for a name; ``ocibuild.local/...`` (the embedded images) opens in the scratch layout,
+    and with ``--pull-policy`` images are read through their kept copy there."""
+    from ocibuild.cnb.local import local_tag, open_image
 
-    return open_reference(text, opts.default_registry, opts.registry_options, for_write=for_write)
+    if opts.pull_policy and not for_write and local_tag(text) is None:
+        from ocibuild.cnb.packflags import read_through
+
+        kept = read_through(text, opts.pull_policy, default_registry=opts.default_registry,
+                            options=opts.registry_options, scratch=opts.scratch, platform=opts.platform)
+        if kept is not None:
+            return kept
+    return open_image(text, opts.default_registry, opts.registry_options, scratch=opts.scratch,
+                      for_write=for_write)
 
 
 def _tag_other_repositories(dest: Destinations, source: Any, result: Any, opts: BuildOptions, lease: Lease) -> None:
@@ -408,10 +441,25 @@ def _effective_order(b: Builder) -> Order:
     return Order(tuple(Group(tuple(resolved(el) for el in group)) for group in b.order))
 
 
-def _previous(store: Store, identifier: str | None) -> dict[str, Any] | None:
+def _previous(store: Store, identifier: str | None, opts: BuildOptions) -> dict[str, Any] | None:
+    """The previous image's metadata: IMAGE's, or ``--previous-image``'s (pack). Launch layers of
+    another image are brought into IMAGE's store (mounted or copied) so export can reuse them."""
     from ocibuild.cnb.export import previous_metadata
     from ocibuild.errors import NotFound
 
+    if opts.previous_image:
+        prev_store, prev_id = _open(opts.previous_image, opts)
+        try:
+            md = previous_metadata(prev_store, prev_id or "latest")
+        except NotFound:
+            return None
+        if md is not None:
+            from ocibuild.transfer.copy import GraphCopier
+
+            descs = [layer["_descriptor"] for bp in md.get("buildpacks") or []
+                     for layer in (bp.get("layers") or {}).values() if layer.get("launch") and "_descriptor" in layer]
+            GraphCopier(prev_store, store).copy_blobs(descs)
+        return md
     if not identifier:
         return None
     try:
@@ -428,5 +476,9 @@ def _cache(opts: BuildOptions, scratch: Scratch) -> LayerCache | None:
         return ImageCache(store, ident or "latest")
     if opts.cache_dir is not None:
         return DirCache(opts.cache_dir)
+    if opts.cache_volume is not None:
+        from ocibuild.cnb.packflags import volume_path
+
+        return DirCache(volume_path(scratch.cache_path, opts.cache_volume, opts.image))
     key = hashlib.sha256(opts.image.encode()).hexdigest()[:16]
     return DirCache(scratch.cache_path / key)

@@ -1,7 +1,11 @@
 """project.toml (project descriptor, schema 0.1 and 0.2): what pack reads before a build.
 
 What ocibuild takes from it: the files that make up the app (``include`` / ``exclude``, gitignore
-patterns), build-time env, the buildpack group, and the ``io.buildpacks.project.metadata`` label.
+patterns), build-time env, the buildpack group and its pre/post additions, the builder, and the
+``io.buildpacks.project.metadata`` label. A relative ``uri`` is read against project.toml's own
+directory (as pack does), whatever the current directory; ``docker://``, ``http(s)://`` and
+``urn:cnb:builder:`` URIs are kept as they are. What ocibuild cannot honour (inline ``script``
+buildpacks) is refused, not ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ class Project:
     env: Mapping[str, str] = field(default_factory=dict)
     buildpacks: tuple[str, ...] = ()  # id@version, or a uri
     metadata_label: Mapping[str, Any] = field(default_factory=dict)
+    pre_buildpacks: tuple[str, ...] = ()  # [[io.buildpacks.pre.group]]: before every group
+    post_buildpacks: tuple[str, ...] = ()  # [[io.buildpacks.post.group]]: after every group
+    builder: str | None = None  # [io.buildpacks] builder: used when --builder is not given
 
     def includes(self, rel_path: str, is_dir: bool) -> bool:
         """Whether an app-relative path belongs to the app (pack: include wins over exclude; only one may be set)."""
@@ -89,7 +96,8 @@ def load_project(path: Path) -> Project:
                              f"(supported: {', '.join(sorted(SCHEMA_VERSIONS))})")
         build = (doc.get("io") or {}).get("buildpacks") or {}
         groups = build.get("group") or []
-        env_tables = (build.get("build") or {}).get("env") or []
+        # [[io.buildpacks.build.env]]; [[io.buildpacks.env.build]] is its deprecated spelling.
+        env_tables = [*((build.get("env") or {}).get("build") or []), *((build.get("build") or {}).get("env") or [])]
         source_url = meta.get("source-url", "")
         version = meta.get("version", "")
     else:  # schema 0.1
@@ -110,18 +118,54 @@ def load_project(path: Path) -> Project:
         if not isinstance(table, dict) or not isinstance(table.get("name"), str):
             raise UsageError(f"{path}: every build env entry needs a name")
         env[table["name"]] = str(table.get("value", ""))
-    buildpacks = []
-    for table in groups:
-        if not isinstance(table, dict):
-            raise UsageError(f"{path}: buildpack entries must be tables")
-        if table.get("uri"):
-            buildpacks.append(str(table["uri"]))
-        elif table.get("id"):
-            buildpacks.append(f"{table['id']}@{table['version']}" if table.get("version") else str(table["id"]))
-        else:
-            raise UsageError(f"{path}: a buildpack entry needs an id or a uri")
+    base = path.parent.absolute()
+    buildpacks = _group(groups, path, base, "group")
+    pre = _group(_addition(build, "pre", path), path, base, "pre.group")
+    post = _group(_addition(build, "post", path), path, base, "post.group")
+    builder = build.get("builder")
+    if builder is not None and (not isinstance(builder, str) or not builder):
+        raise UsageError(f"{path}: builder must be an image reference")
     label: dict[str, Any] = {}
     if version or source_url:
         label = {"source": {"type": "project", "version": {"declared": version} if version else {},
                             "metadata": {"url": source_url} if source_url else {}}}
-    return Project(tuple(include), tuple(exclude), env, tuple(buildpacks), label)
+    return Project(tuple(include), tuple(exclude), env, buildpacks, label, pre, post, builder or None)
+
+
+def _addition(build: Mapping[str, Any], name: str, path: Path) -> list[Any]:
+    table = build.get(name) or {}
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: {name} must be a table with a group list")
+    return table.get("group") or []
+
+
+def _group(tables: Any, path: Path, base: Path, where: str) -> tuple[str, ...]:
+    if not isinstance(tables, list):
+        raise UsageError(f"{path}: {where} must be a list of buildpack tables")
+    out: list[str] = []
+    for table in tables:
+        if not isinstance(table, dict):
+            raise UsageError(f"{path}: buildpack entries must be tables")
+        if table.get("script"):
+            raise UsageError(f"{path}: {where} entry {table.get('id') or '?'}: inline script buildpacks "
+                             "are not supported by ocibuild")
+        if table.get("uri"):
+            out.append(resolve_uri(str(table["uri"]), base))
+        elif table.get("id"):
+            out.append(f"{table['id']}@{table['version']}" if table.get("version") else str(table["id"]))
+        else:
+            raise UsageError(f"{path}: a buildpack entry needs an id or a uri")
+    return tuple(out)
+
+
+def resolve_uri(uri: str, base: Path) -> str:
+    """A project.toml ``uri``: ``file://`` and relative paths against project.toml's directory (when
+    that path exists: ``bpkg:1`` may be an image); other schemes and references as they are."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif "://" in uri or uri.startswith(("urn:", "oci:")):
+        return uri
+    candidate = Path(uri).expanduser()
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    return str(candidate) if candidate.exists() else uri

@@ -1,7 +1,7 @@
 """Validate what ocibuild writes against the OCI image-spec JSON Schemas (draft-04).
 
-The schemas live outside the repository, in ``../shared/data/image-spec-schema`` relative to the
-repo root (override with ``OCIBUILD_SCHEMA_DIR``). They use relative ``$ref``s resolved against
+The schemas ship with the repository in ``fixtures/image-spec-schema`` (image-spec's own files,
+Apache-2.0; override the directory with ``OCIBUILD_SCHEMA_DIR``). They use relative ``$ref``s resolved against
 ``id``s under ``https://opencontainers.org/schema/...``, and two of them have no ``id`` at all, so a
 reference may resolve to several URIs: every schema is registered under its file name and its id,
 and any other URI whose last segment is a schema file name resolves to that file.
@@ -26,6 +26,7 @@ from referencing.jsonschema import DRAFT4
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_ENV = "OCIBUILD_SCHEMA_DIR"
+DEFAULT_SCHEMA_DIR = REPO_ROOT / "fixtures" / "image-spec-schema"
 
 SCHEMA_FILES: Mapping[str, str] = {
     "manifest": "image-manifest-schema.json",
@@ -52,7 +53,7 @@ MAX_JSON = 8 << 20
 def schema_dir() -> Path:
     """The directory holding the seven image-spec schemas, or fail the test saying where it looked."""
     configured = os.environ.get(SCHEMA_ENV)
-    path = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data" / "image-spec-schema"
+    path = Path(configured) if configured else DEFAULT_SCHEMA_DIR
     missing = [name for name in SCHEMA_FILES.values() if not (path / name).is_file()]
     if missing:
         pytest.fail(
