@@ -128,13 +128,14 @@ def test_ca_cert_and_debug_after_the_command(tmp_path: Path) -> None:
 
 # -- helpers for C/D: buildpacks written by the tests ------------------------------------------------
 def write_buildpack(root: Path, bp_id: str, build: str = "exit 0\n", version: str = "1.0.0") -> Path:
-    """A tiny bash buildpack (detect passes) whose bin/build runs ``build`` with $1 = layers dir."""
+    """A tiny POSIX sh buildpack (detect passes; the busybox builder has no bash) whose bin/build runs
+    ``build`` with $1 = layers dir."""
     root.mkdir(parents=True)
     (root / "buildpack.toml").write_text(f'api = "0.10"\n[buildpack]\nid = "{bp_id}"\nversion = "{version}"\n')
     (root / "bin").mkdir()
     for name, body in (("detect", "exit 0\n"), ("build", build)):
         script = root / "bin" / name
-        script.write_text("#!/usr/bin/env bash\nset -euo pipefail\n" + body)
+        script.write_text("#!/bin/sh\nset -eu\n" + body)
         script.chmod(0o755)
     return root
 
