@@ -61,19 +61,24 @@ def alive(pid: int) -> bool:
     return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
 
 
-def _process_running(*argv: str) -> int:
-    """The host pid of the one process whose command line is ``argv``."""
+def _process_running(*argv: str, wait: float = 10.0) -> int:
+    """The host pid of the one process whose command line is ``argv`` (a backgrounded child may
+    still be a copy of its shell for a moment after the shell went on)."""
     want = [a.encode() for a in argv]
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().split(b"\0")[:-1] == want:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    assert len(found) == 1, f"{argv}: {found}"
-    return found[0]
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if (entry / "cmdline").read_bytes().split(b"\0")[:-1] == want:
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        if len(found) == 1 or time.monotonic() > deadline:
+            assert len(found) == 1, f"{argv}: {found}"
+            return found[0]
+        time.sleep(0.02)
 
 
 def _parent_of(pid: int) -> int:
