@@ -268,21 +268,56 @@ def test_what_the_environment_cannot_honour_is_refused_in_one_line(
     assert not probe.out.exists()
 
 
-def test_a_builder_layer_that_escapes_is_refused_and_nothing_is_left(runner: Runner, probe: Probe,
-                                                                      registry) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("entries, message", [
+    ([("../escaped", "file", "")], "path contains '..'"),
+    ([("dev/evil", "char", "")], "device node refused"),
+    ([("link", "symlink", "../../.."), ("link/escaped", "file", "")], "goes through a symlink that leaves"),
+    ([("abs", "symlink", "/"), ("abs/escaped", "file", "")], None),  # resolved in the image's root, as a container does
+])
+def test_a_builder_layer_that_tries_to_escape_is_refused_or_confined(
+        runner: Runner, probe: Probe, registry, entries: list, message: str | None) -> None:  # noqa: ANN001
     layout = runner.base / "evil"
-    evil = _append_raw_layer(probe.builder, layout, [("../escaped", b"x"), ("etc/ok", b"y")])
+    evil = _append_raw_layer(probe.builder, layout, entries)
     runner.own(layout)
     proc = _build(runner, probe, registry.url, "--builder", evil, check=False)
-    assert proc.returncode != 0
-    assert "path contains '..'" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (runner.base / "escaped").exists() and not Path("/escaped").exists()
+    assert "Traceback" not in proc.stderr
+    if message is None:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode != 0 and message in proc.stderr.strip().splitlines()[-1]
+    for where in (runner.base, Path("/"), runner.base / "scratch", runner.base / "scratch" / "rootfs"):
+        assert not (where / "escaped").exists()
     rootfs = runner.base / "scratch" / "rootfs" / "sha256"
     assert not any(p.name.startswith(".tmp-") for p in rootfs.iterdir())
     assert list((runner.base / "scratch" / "work").iterdir()) == []
 
 
-def _append_raw_layer(builder_ref: str, layout: Path, files: list[tuple[str, bytes]]) -> str:
+@pytest.mark.parametrize("runner", ["unprivileged"], indirect=True)
+def test_no_user_namespace_stops_the_build_before_detection_with_the_cause_and_the_fix(
+        runner: Runner, probe: Probe, registry) -> None:  # noqa: ANN001
+    # A user namespace whose user.max_user_namespaces (a per-namespace limit) is used up by the one
+    # namespace ocibuild runs in: as on a host with the limit at 0, ocibuild cannot make its own.
+    unshare = require_tool("unshare")
+    limited = [unshare, "--user", "--map-root-user", "sh", "-c",
+               f'echo 1 > /proc/sys/user/max_user_namespaces && exec {unshare} --user --map-user={NOBODY} '
+               f'--map-group={NOBODY} "$@"', "limited"]
+    argv = runner.argv()
+    cut = argv.index("--") + 1
+    original = runner.argv
+    runner.argv = lambda: [*argv[:cut], *limited, *argv[cut:]]  # type: ignore[method-assign]
+    try:
+        proc = _build(runner, probe, registry.url, check=False)
+    finally:
+        runner.argv = original  # type: ignore[method-assign]
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "user.max_user_namespaces" in last and "run as root" in last, last
+    assert "Traceback" not in proc.stderr
+    assert not (probe.volume / "detect.txt").exists()
+    assert list((runner.base / "scratch" / "work").iterdir()) == []
+
+
+def _append_raw_layer(builder_ref: str, layout: Path, files: list[tuple[str, str, str]]) -> str:
     """The builder with one more layer written by hand (tarfile, not ocibuild: its names are hostile)."""
     from ocibuild.oci.descriptor import Descriptor
     from ocibuild.oci.digest import Digest
@@ -294,10 +329,13 @@ def _append_raw_layer(builder_ref: str, layout: Path, files: list[tuple[str, byt
     store = LayoutStore(layout)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in files:
+        for name, kind, target in files:
             info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            if kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, target
+            elif kind == "char":
+                info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+            tar.addfile(info, io.BytesIO(b"") if kind == "file" else None)
     plain = raw.getvalue()
     blob = gzip.compress(plain, mtime=0)
     desc = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", Digest.of(blob), len(blob))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TextIO
 
-from ocibuild.cnb.descriptor import BuildpackStore, GroupElement, Target, escape_id
+from ocibuild.cnb.descriptor import BuildpackDescriptor, BuildpackStore, GroupElement, Target, escape_id
 from ocibuild.cnb.env import BuildEnv, EnvOp, LaunchEnv, build_layer_ops, launch_layer_ops
 from ocibuild.cnb.errors import BuildpackError
 from ocibuild.cnb.launch import (
@@ -34,7 +34,7 @@ from ocibuild.cnb.launch import (
     read_layer_metadata,
     read_store_toml,
 )
-from ocibuild.cnb.plan import Plan, write_bp_plan
+from ocibuild.cnb.plan import Plan, Require, write_bp_plan
 from ocibuild.cnb.sandbox import DIRECT, Owner, Sandbox, give, phase_dir
 
 
@@ -118,107 +118,116 @@ def build(
     the lifecycle refuses; both name the buildpack.
     """
     store = buildpacks_dir if isinstance(buildpacks_dir, BuildpackStore) else BuildpackStore(buildpacks_dir)
-    sb = sandbox or DIRECT
-    layers_dir, app_dir, platform_dir = (Path(p).absolute() for p in (layers_dir, app_dir, platform_dir))
-    config_dir = Path(build_config_dir).absolute() if build_config_dir is not None else None
-    target = target or Target()
-    build_env = BuildEnv(env)
-    remaining = plan
-    results: list[BuildpackResult] = []
-    processes: dict[str, Process] = {}
-    default_type: str | None = None
-    labels: dict[str, Label] = {}
-    slices: list[Slice] = []
-    launch_ops: list[EnvOp] = []
-
+    runner = _Runner(sandbox or DIRECT, Path(platform_dir).absolute(), Path(app_dir).absolute(),
+                     Path(build_config_dir).absolute() if build_config_dir is not None else None,
+                     target or Target(), exec_env, output if output is not None else sys.stderr, tmp_dir, owner)
+    acc = _Accumulated(BuildEnv(env), plan)
+    layers_dir = Path(layers_dir).absolute()
     for element in group:
         desc = store.lookup(element.id, element.version)
-        bp = desc.id
-        api = desc.api_version
-        bp_dir = layers_dir / escape_id(bp)
+        bp_dir = layers_dir / escape_id(desc.id)
         bp_dir.mkdir(parents=True, exist_ok=True)
         give(bp_dir, owner)
-        bp_plan = remaining.find(bp)
-        with phase_dir(f"ocibuild-{escape_id(bp)}-", tmp_dir, owner) as tmp:
+        bp_plan = acc.remaining.find(desc.id)
+        runner.run(desc, bp_dir, bp_plan, acc.build_env)
+        acc.add(element, desc, bp_dir, bp_plan, runner.sandbox)
+    return acc.result()
+
+
+class _Runner:
+    """One ``bin/build`` in the sandbox, with its plan, environment and arguments per Buildpack API."""
+
+    def __init__(self, sandbox: Sandbox, platform_dir: Path, app_dir: Path, config_dir: Path | None,
+                 target: Target, exec_env: str, output: TextIO, tmp_dir: Path | None, owner: Owner | None):
+        self.sandbox, self.platform_dir, self.app_dir, self.config_dir = sandbox, platform_dir, app_dir, config_dir
+        self.target, self.exec_env, self.output, self.tmp_dir, self.owner = target, exec_env, output, tmp_dir, owner
+
+    def run(self, desc: BuildpackDescriptor, bp_dir: Path, bp_plan: tuple[Require, ...], build_env: BuildEnv) -> None:
+        sb, bp, api = self.sandbox, desc.id, desc.api_version
+        with phase_dir(f"ocibuild-{escape_id(bp)}-", self.tmp_dir, self.owner) as tmp:
             plan_path = tmp / escape_id(bp) / "plan.toml"
-            give(plan_path.parent.mkdir() or plan_path.parent, owner)
+            plan_path.parent.mkdir()
+            give(plan_path.parent, self.owner)
             write_bp_plan(plan_path, bp_plan)
-            give(plan_path, owner)
-            run_env = build_env.with_overrides(None if desc.clear_env else platform_dir, config_dir)
+            give(plan_path, self.owner)
+            run_env = build_env.with_overrides(None if desc.clear_env else self.platform_dir, self.config_dir)
             run_env["CNB_BUILDPACK_DIR"] = sb.visible(desc.path)
             if api.at_least("0.8"):
-                run_env["CNB_PLATFORM_DIR"] = sb.visible(platform_dir)
+                run_env["CNB_PLATFORM_DIR"] = sb.visible(self.platform_dir)
                 run_env["CNB_BP_PLAN_PATH"] = sb.visible(plan_path)
                 run_env["CNB_LAYERS_DIR"] = sb.visible(bp_dir)
             if api.at_least("0.10"):
-                run_env.update(target.env())
+                run_env.update(self.target.env())
             if api.at_least("0.12"):
-                run_env["CNB_EXEC_ENV"] = exec_env
-            argv = [
-                f"{sb.visible(desc.path)}/bin/build",
-                sb.visible(bp_dir),
-                sb.visible(platform_dir),
-                sb.visible(plan_path),
-            ]
-            out = output if output is not None else sys.stderr
+                run_env["CNB_EXEC_ENV"] = self.exec_env
+            argv = [f"{sb.visible(desc.path)}/bin/build", sb.visible(bp_dir), sb.visible(self.platform_dir),
+                    sb.visible(plan_path)]
             try:
-                proc = sb.run(argv, cwd=sb.visible(app_dir), env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                proc = sb.run(argv, cwd=sb.visible(self.app_dir), env=run_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
             except OSError as err:
                 raise BuildpackError(f"buildpack {bp}@{desc.version}: cannot run bin/build: {err}", buildpack=bp) from None
-            out.write(proc.stdout.decode("utf-8", "replace"))
-            out.flush()
-            if proc.returncode != 0:
-                how = f"exit status {proc.returncode}" if proc.returncode > 0 else f"signal {-proc.returncode}"
-                raise BuildpackError(f"buildpack {bp}@{desc.version}: bin/build failed ({how})", buildpack=bp)
+        self.output.write(proc.stdout.decode("utf-8", "replace"))
+        self.output.flush()
+        if proc.returncode != 0:
+            how = f"exit status {proc.returncode}" if proc.returncode > 0 else f"signal {-proc.returncode}"
+            raise BuildpackError(f"buildpack {bp}@{desc.version}: bin/build failed ({how})", buildpack=bp)
 
+
+class _Accumulated:
+    """What the buildpacks built so far: the build env later ones see, the plan left, the results."""
+
+    def __init__(self, build_env: BuildEnv, plan: Plan):
+        self.build_env, self.remaining = build_env, plan
+        self.results: list[BuildpackResult] = []
+        self.processes: dict[str, Process] = {}
+        self.default_type: str | None = None
+        self.labels: dict[str, Label] = {}
+        self.slices: list[Slice] = []
+        self.launch_ops: list[EnvOp] = []
+
+    def add(self, element: GroupElement, desc: BuildpackDescriptor, bp_dir: Path, bp_plan: tuple[Require, ...],
+            sb: Sandbox) -> None:
+        """Read back what one bin/build left (lifecycle rules) and fold it in."""
+        bp, api = desc.id, desc.api_version
         layers = _process_layers(bp_dir, bp, sb)
         for layer in layers:
             if layer.build and layer.path.is_dir():
-                build_env.apply(build_layer_ops(layer.path, layer.visible_path))
+                self.build_env.apply(build_layer_ops(layer.path, layer.visible_path))
             if layer.launch and layer.path.is_dir():
-                launch_ops.extend(launch_layer_ops(layer.path, layer.visible_path))
-
-        planned = {r.name for r in bp_plan}
-        unmet = set(read_build_toml_unmet(bp_dir / "build.toml", bp, planned))
+                self.launch_ops.extend(launch_layer_ops(layer.path, layer.visible_path))
+        unmet = set(read_build_toml_unmet(bp_dir / "build.toml", bp, {r.name for r in bp_plan}))
         met = tuple(r.name for r in bp_plan if r.name not in unmet)
-        remaining = remaining.filter(frozenset(met))
-        layer_meta = {layer.name: layer.metadata for layer in layers}
-        sbom = collect_sbom_files(bp_dir, bp, layer_meta, desc.sbom_formats)
+        self.remaining = self.remaining.filter(frozenset(met))
+        sbom = collect_sbom_files(bp_dir, bp, {layer.name: layer.metadata for layer in layers}, desc.sbom_formats)
         launch = read_launch_toml(bp_dir / "launch.toml", api, bp)
-        for proc_ in launch.processes:
-            if proc_.default:
-                default_type = proc_.type
-            elif proc_.type == default_type:
-                default_type = None  # a non-default redefinition drops the default (lifecycle warns)
-            processes[proc_.type] = proc_
+        for proc in launch.processes:
+            if proc.default:
+                self.default_type = proc.type
+            elif proc.type == self.default_type:
+                self.default_type = None  # a non-default redefinition drops the default (lifecycle warns)
+            self.processes[proc.type] = proc
         for label in launch.labels:
-            labels.pop(label.key, None)
-            labels[label.key] = label
-        slices.extend(launch.slices)
-        results.append(
-            BuildpackResult(
-                element=element,
-                layers_dir=bp_dir,
-                layers=layers,
-                processes=launch.processes,
-                labels=launch.labels,
-                slices=launch.slices,
-                met_requires=met,
-                store=read_store_toml(bp_dir / "store.toml", bp),
-                sbom_files=sbom,
-            )
-        )
+            self.labels.pop(label.key, None)
+            self.labels[label.key] = label
+        self.slices.extend(launch.slices)
+        self.results.append(BuildpackResult(
+            element=element, layers_dir=bp_dir, layers=layers, processes=launch.processes, labels=launch.labels,
+            slices=launch.slices, met_requires=met, store=read_store_toml(bp_dir / "store.toml", bp),
+            sbom_files=sbom,
+        ))
 
-    return BuildResult(
-        buildpacks=tuple(results),
-        processes=tuple(processes[k] for k in sorted(processes)),
-        default_process=default_type,
-        labels=tuple(labels.values()),
-        slices=tuple(slices),
-        launch_env=LaunchEnv(tuple(launch_ops)),
-        unmet_plan=remaining,
-        build_env=dict(build_env.vars),
-    )
+    def result(self) -> BuildResult:
+        return BuildResult(
+            buildpacks=tuple(self.results),
+            processes=tuple(self.processes[k] for k in sorted(self.processes)),
+            default_process=self.default_type,
+            labels=tuple(self.labels.values()),
+            slices=tuple(self.slices),
+            launch_env=LaunchEnv(tuple(self.launch_ops)),
+            unmet_plan=self.remaining,
+            build_env=dict(self.build_env.vars),
+        )
 
 
 def _process_layers(bp_dir: Path, bp: str, sb: Sandbox) -> tuple[Layer, ...]:

@@ -362,7 +362,6 @@ def compose_builder(
     if builder.uid is None or builder.gid is None:
         raise UsageError(f"builder {builder.name} is missing required env var CNB_USER_ID or CNB_GROUP_ID")
 
-    docker = builder.is_docker
     meta = _metadata_doc(builder.metadata.raw)
     if description is not None:
         meta["description"] = description
@@ -375,25 +374,43 @@ def compose_builder(
         meta["images"] = [r.to_dict() for r in run_images] or None
     if lifecycle is not None:
         meta["lifecycle"] = lifecycle.metadata()
-    layers_md: dict[str, dict[str, Any]] = thaw(builder.buildpack_layers)
-    labels = dict(builder.labels)
-
     tmp_parent = getattr(scratch_store, "tmp_dir", None)
-    with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="compose-", dir=tmp_parent)))
-        blobs: list[LayerBlob] = []
+    with tempfile.TemporaryDirectory(prefix="compose-", dir=tmp_parent) as tmp:
+        layers = _Layers(Path(tmp), builder, meta, dict(builder.labels))
+        layers.add(_dirs_entries(builder.uid, builder.gid))  # 1. default directories
+        if lifecycle is not None:  # 2. lifecycle
+            with lifecycle.entries(layers.workdir) as entries:
+                layers.add(entries)
+        layers.buildpacks(bps, validate)  # 3. buildpacks
+        if replace_order:  # 4. order
+            assert order is not None
+            layers.order(order)
+        stack_run = RunImage.from_dict((meta["stack"] or {}).get("runImage"))  # 5. stack.toml and run.toml
+        images = [RunImage.from_dict(i) for i in meta["images"] or []]
+        layers.add([TarEntry.file("cnb/stack.toml", stack_toml(stack_run, images).encode())])
+        layers.add([TarEntry.file("cnb/run.toml", run_toml(images).encode())])
+        if build_config_env:  # 6. build-config env (builder.toml [[build.env]])
+            layers.add(_build_config_entries(build_config_env))
+        layers.add([TarEntry.file(f"platform/env/{k}", env[k].encode()) for k in sorted(env)])  # 7. platform env
+        return _publish(builder, layers, scratch_store, before_publish, ledger, tag)
 
-        def add(entries: Iterable[TarEntry], options: TarOptions = TarOptions()) -> None:
-            """One reproducible layer; modes as given (``keep_mode``)."""
-            blobs.append(LayerBlob.from_result(write_layer(entries, options=options, tmp_dir=workdir)))
 
-        # 1. default directories
-        add(_dirs_entries(builder.uid, builder.gid))
-        # 2. lifecycle
-        if lifecycle is not None:
-            with lifecycle.entries(workdir) as entries:
-                add(entries)
-        # 3. buildpacks: metadata first (validation and order resolution see them all)
+class _Layers:
+    """The new layers of a composed builder, in pack's order, and the labels they change."""
+
+    def __init__(self, workdir: Path, builder: Builder, meta: dict[str, Any], labels: dict[str, str]):
+        self.workdir, self.builder, self.meta, self.labels = workdir, builder, meta, labels
+        self.blobs: list[LayerBlob] = []
+        self.layers_md: dict[str, dict[str, Any]] = thaw(builder.buildpack_layers)
+
+    def add(self, entries: Iterable[TarEntry], options: TarOptions = TarOptions()) -> None:
+        """One reproducible layer; modes as given (``keep_mode``)."""
+        self.blobs.append(LayerBlob.from_result(write_layer(entries, options=options, tmp_dir=self.workdir)))
+
+    def buildpacks(self, bps: Sequence[Buildpack], validate: bool) -> None:
+        """Metadata first (validation and order resolution see them all), then one layer per
+        id@version sorted by it; a changed buildpack of the builder's is whited out first."""
+        meta = self.meta
         known = {f"{b.get('id')}@{b.get('version')}" for b in meta["buildpacks"] or []}
         for bp in bps:
             if bp.full_name not in known:
@@ -404,68 +421,56 @@ def compose_builder(
                 _validate(bp, meta["lifecycle"], known)
         to_add: dict[str, tuple[Buildpack, LayerBlob]] = {}
         for bp in bps:
-            blob = bp.build_layer(workdir)
-            existing = (layers_md.get(bp.id) or {}).get(bp.version)
+            blob = bp.build_layer(self.workdir)
+            existing = (self.layers_md.get(bp.id) or {}).get(bp.version)
             if existing is not None:
                 if existing.get("layerDiffID") == str(blob.diff_id):
                     continue
-                add([_whiteout_entry(bp)])
+                self.add([_whiteout_entry(bp)])
             previous = to_add.get(bp.full_name)
             if previous is not None and previous[1].diff_id == blob.diff_id:
                 continue
             to_add[bp.full_name] = (bp, blob)  # the last one wins, as in pack
         for key in sorted(to_add):
             bp, blob = to_add[key]
-            blobs.append(blob)
-            layers_md.setdefault(bp.id, {})[bp.version] = bp.layer_info_json(blob.diff_id)
-        labels[LABEL_LAYERS] = label_text(_sorted_layers(layers_md))
-        # 4. order
-        if replace_order:
-            assert order is not None
-            resolved = resolve_order(meta["buildpacks"] or [], order)
-            add([TarEntry.file("cnb/order.toml", order_toml(resolved).encode())])
-            labels[LABEL_ORDER] = label_text(order_to_json(order))
-            labels[LABEL_ORDER_EXTENSIONS] = label_text(
-                order_to_json(builder.order_extensions) if builder.order_extensions else None
-            )
-        # 5. stack.toml and run.toml (always)
-        stack_run = RunImage.from_dict((meta["stack"] or {}).get("runImage"))
-        images = [RunImage.from_dict(i) for i in meta["images"] or []]
-        add([TarEntry.file("cnb/stack.toml", stack_toml(stack_run, images).encode())])
-        add([TarEntry.file("cnb/run.toml", run_toml(images).encode())])
-        # 6. build-config env (builder.toml [[build.env]])
-        if build_config_env:
-            add(_build_config_entries(build_config_env))
-        # 7. platform env (always, sorted)
-        add([TarEntry.file(f"platform/env/{k}", env[k].encode()) for k in sorted(env)])
+            self.blobs.append(blob)
+            self.layers_md.setdefault(bp.id, {})[bp.version] = bp.layer_info_json(blob.diff_id)
+        self.labels[LABEL_LAYERS] = label_text(_sorted_layers(self.layers_md))
 
-        meta["createdBy"] = {"name": CREATOR_NAME, "version": ocibuild.__version__}
-        labels[LABEL_METADATA] = label_text(meta)
-        labels[LABEL_MIXINS] = label_text(list(builder.mixins) if builder.mixins is not None else None)
+    def order(self, order: Order) -> None:
+        resolved = resolve_order(self.meta["buildpacks"] or [], order)
+        self.add([TarEntry.file("cnb/order.toml", order_toml(resolved).encode())])
+        self.labels[LABEL_ORDER] = label_text(order_to_json(order))
+        self.labels[LABEL_ORDER_EXTENSIONS] = label_text(
+            order_to_json(self.builder.order_extensions) if self.builder.order_extensions else None)
 
-        layer_descs = [b.descriptor(docker) for b in blobs]
-        config = _new_config(builder.config, labels, [b.diff_id for b in blobs])
-        manifest = Manifest.build(
-            config.descriptor(),
-            [*builder.manifest.layers, *layer_descs],
-            media_type=builder.manifest.media_type,
-        )
-        desc = manifest.descriptor()
-        result_tag = _scratch_tag(desc.digest) if tag == "" else tag
 
-        lock = scratch_store.writer_lock() if hasattr(scratch_store, "writer_lock") else contextlib.nullcontext()
-        with lock:
-            for blob in blobs:
-                blob.publish(scratch_store, docker=docker, before_publish=before_publish)
-            _put_small(scratch_store, config.descriptor(), config.raw, before_publish)
-            if ledger is not None and not _same_store(builder.store, scratch_store):
-                location = _location(builder.store)
-                for layer in builder.manifest.layers:
-                    ledger.record_source(layer.digest, location)
-            if before_publish is not None:
-                scratch_store.put_manifest(desc, manifest.raw, tag=result_tag, before_publish=before_publish)
-            else:
-                scratch_store.put_manifest(desc, manifest.raw, tag=result_tag)
+def _publish(builder: Builder, layers: _Layers, scratch_store: Any, before_publish: BeforePublish | None,
+             ledger: Any, tag: str | None) -> ComposeResult:
+    """The config and manifest of the composed builder; every new blob into ``scratch_store``."""
+    docker = builder.is_docker
+    layers.meta["createdBy"] = {"name": CREATOR_NAME, "version": ocibuild.__version__}
+    layers.labels[LABEL_METADATA] = label_text(layers.meta)
+    layers.labels[LABEL_MIXINS] = label_text(list(builder.mixins) if builder.mixins is not None else None)
+    layer_descs = [b.descriptor(docker) for b in layers.blobs]
+    config = _new_config(builder.config, layers.labels, [b.diff_id for b in layers.blobs])
+    manifest = Manifest.build(config.descriptor(), [*builder.manifest.layers, *layer_descs],
+                              media_type=builder.manifest.media_type)
+    desc = manifest.descriptor()
+    result_tag = _scratch_tag(desc.digest) if tag == "" else tag
+    lock = scratch_store.writer_lock() if hasattr(scratch_store, "writer_lock") else contextlib.nullcontext()
+    with lock:
+        for blob in layers.blobs:
+            blob.publish(scratch_store, docker=docker, before_publish=before_publish)
+        _put_small(scratch_store, config.descriptor(), config.raw, before_publish)
+        if ledger is not None and not _same_store(builder.store, scratch_store):
+            location = _location(builder.store)
+            for layer in builder.manifest.layers:
+                ledger.record_source(layer.digest, location)
+        if before_publish is not None:
+            scratch_store.put_manifest(desc, manifest.raw, tag=result_tag, before_publish=before_publish)
+        else:
+            scratch_store.put_manifest(desc, manifest.raw, tag=result_tag)
     return ComposeResult(desc, manifest, config, tuple(layer_descs), True, result_tag, builder, scratch_store)
 
 

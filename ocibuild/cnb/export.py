@@ -419,6 +419,39 @@ def export(
     say = progress or (lambda _msg: None)
     build = read_build_output(options.layers_dir)
     check_default_process(build, options.default_process)
+    run_desc, run_manifest, run_config = _run_image(run)
+    work = Path(tempfile.mkdtemp(prefix="ocibuild-export-", dir=options.tmp_dir))
+    present = _Presence(target)
+    layer_type = mt.layer_type("gzip", run_manifest.is_docker)
+    memo = LayerMemo(options.layer_memo_dir) if options.layer_memo_dir is not None else None
+    asm = _Assembly(build, options, _LayerMaker(work, layer_type, memo, present), target, say)
+    try:
+        asm.launch_layers(_previous_layers(previous))
+        asm.sbom_layer()
+        asm.app_layers()
+        default = asm.launcher_layers()
+        asm.lifecycle_md["runImage"], asm.lifecycle_md["stack"] = _run_image_md(run, run_desc.digest, run_config)
+        config = ImageConfig.build(asm.config_doc(run_config, default),
+                                   mt.DOCKER_CONFIG if run_manifest.is_docker else mt.OCI_CONFIG)
+        manifest = Manifest.build(config.descriptor(), [*run_manifest.layers, *(x.descriptor for x in asm.added)],
+                                  media_type=mt.DOCKER_MANIFEST if run_manifest.is_docker else mt.OCI_MANIFEST)
+        uploaded = _write_image(target, present, run, run_manifest, asm.added, config, say)
+        desc = manifest.descriptor()
+        tags = [t for t in (tag, *options.extra_tags) if t]
+        target.put_manifest(desc, manifest.raw, tag=tags[0] if tags else None)
+        for extra in tags[1:]:
+            target.tag(desc, extra)
+        return ExportResult(desc, manifest, config, tuple(asm.added), tuple(uploaded), default)
+    finally:
+        for layer in asm.added:
+            if layer.path is not None:
+                layer.path.unlink(missing_ok=True)
+        for leftover in work.glob("*"):
+            leftover.unlink(missing_ok=True)
+        work.rmdir()
+
+
+def _run_image(run: RunImageSource) -> tuple[Descriptor, Manifest, ImageConfig]:
     run_desc, run_manifest = load_manifest(run.store, run.identifier)
     if not isinstance(run_manifest, Manifest):
         raise ExportError(f"run image {run.name} is an index; pick a platform before exporting")
@@ -426,108 +459,112 @@ def export(
     if len(run_config.diff_ids) != len(run_manifest.layers):
         raise ManifestError(f"run image {run.name}: {len(run_config.diff_ids)} diff_ids for "
                             f"{len(run_manifest.layers)} layers")
-    docker = run_manifest.is_docker
-    layer_type = mt.layer_type("gzip", docker)
-    created = created_time(options.creation_time)
-    uid, gid = options.uid, options.gid
-    img_layers = options.image_layers_dir
+    return run_desc, run_manifest, run_config
 
-    work = Path(tempfile.mkdtemp(prefix="ocibuild-export-", dir=options.tmp_dir))
-    memo = LayerMemo(options.layer_memo_dir) if options.layer_memo_dir is not None else None
-    present = _Presence(target)
-    maker = _LayerMaker(work, layer_type, memo, present)
-    added: list[BuiltLayer] = []
-    prev_layers = _previous_layers(previous)
-    try:
-        lifecycle_md: dict[str, Any] = {"buildpacks": []}
-        # Launch layers, per buildpack in group order.
+
+def _run_image_md(run: RunImageSource, digest: Digest, run_config: ImageConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``runImage`` and the legacy ``stack`` of the lifecycle metadata."""
+    mirrors = {"mirrors": list(run.mirrors)} if run.mirrors else {}
+    run_image_md = {
+        "topLayer": str(run_config.diff_ids[-1]) if run_config.diff_ids else "",
+        "reference": run_reference(run.read_as or run.name, digest),
+        "image": run.name, **mirrors,
+    }
+    return run_image_md, {"runImage": {"image": run.name, **mirrors}}
+
+
+class _Assembly:
+    """The layers the exporter adds, in the lifecycle's order, and the metadata that describes them."""
+
+    def __init__(self, build: BuildOutput, options: ExportOptions, maker: _LayerMaker, target: Store,
+                 say: Callable[[str], None]):
+        self.build, self.options, self.maker, self.target, self.say = build, options, maker, target, say
+        self.added: list[BuiltLayer] = []
+        self.lifecycle_md: dict[str, Any] = {"buildpacks": []}
+
+    def _add(self, layer: BuiltLayer) -> BuiltLayer:
+        self.added.append(layer)
+        return layer
+
+    def launch_layers(self, prev_layers: Mapping[tuple[str, str], Mapping[str, Any]]) -> None:
+        """Each buildpack's launch layers, in group order; one kept without content is reused."""
+        opts, build = self.options, self.build
         for bp in build.buildpacks:
             bp_md: dict[str, Any] = {"key": bp.id, "version": bp.version, "layers": {}}
             for lay in (x for x in build.layers if x.buildpack == bp and x.launch):
                 created_by = f"Layer: '{lay.name}', Created by buildpack: {bp.id}@{bp.version}"
                 if lay.has_content:
-                    say(f"Adding layer '{bp.id}:{lay.name}'")
-                    layer = maker.make(_dir_entries(lay.path, f"{img_layers}/{escape_id(bp.id)}/{lay.name}",
-                                                    uid, gid), created_by)
+                    self.say(f"Adding layer '{bp.id}:{lay.name}'")
+                    layer = self.maker.make(_dir_entries(lay.path, f"{opts.image_layers_dir}/{escape_id(bp.id)}/"
+                                                         f"{lay.name}", opts.uid, opts.gid), created_by)
                 else:
                     reused = prev_layers.get((bp.id, lay.name))
                     if reused is None:
                         raise ExportError(f"buildpack {bp.id}: launch layer {lay.name!r} has no content and "
                                           "no previous image holds it")
-                    say(f"Reusing layer '{bp.id}:{lay.name}'")
-                    layer = reused_layer(target, reused, created_by)
-                added.append(layer)
-                bp_md["layers"][lay.name] = {
-                    "sha": str(layer.diff_id), "data": dict(lay.metadata),
-                    "build": lay.build, "launch": lay.launch, "cache": lay.cache,
-                }
+                    self.say(f"Reusing layer '{bp.id}:{lay.name}'")
+                    layer = reused_layer(self.target, reused, created_by)
+                self._add(layer)
+                bp_md["layers"][lay.name] = {"sha": str(layer.diff_id), "data": dict(lay.metadata),
+                                             "build": lay.build, "launch": lay.launch, "cache": lay.cache}
             store_md = _store_metadata(build.layers_dir, bp)
             if store_md is not None:
                 bp_md["store"] = store_md
-            lifecycle_md["buildpacks"].append(bp_md)
+            self.lifecycle_md["buildpacks"].append(bp_md)
 
-        sbom = _sbom_entries(build, img_layers)
+    def sbom_layer(self) -> None:
+        sbom = _sbom_entries(self.build, self.options.image_layers_dir)
         if sbom:
-            layer = maker.make(sbom, "Software Bill-of-Materials")
-            added.append(layer)
-            lifecycle_md["sbom"] = {"sha": str(layer.diff_id)}
+            layer = self._add(self.maker.make(sbom, "Software Bill-of-Materials"))
+            self.lifecycle_md["sbom"] = {"sha": str(layer.diff_id)}
 
-        app_groups = _slice_entries(options.app_dir, options.image_app_dir, build.slices, uid, gid,
-                                    options.app_include)
-        lifecycle_md["app"] = []
-        for i, entries in enumerate(app_groups):
-            name = "Application Layer" if i == len(app_groups) - 1 else f"Application Slice: {i + 1}"
-            layer = maker.make(entries, name)
-            added.append(layer)
-            lifecycle_md["app"].append({"sha": str(layer.diff_id)})
+    def app_layers(self) -> None:
+        opts = self.options
+        groups = _slice_entries(opts.app_dir, opts.image_app_dir, self.build.slices, opts.uid, opts.gid,
+                                opts.app_include)
+        self.lifecycle_md["app"] = []
+        for i, entries in enumerate(groups):
+            name = "Application Layer" if i == len(groups) - 1 else f"Application Slice: {i + 1}"
+            layer = self._add(self.maker.make(entries, name))
+            self.lifecycle_md["app"].append({"sha": str(layer.diff_id)})
 
-        launcher_data = options.launcher.read_bytes() if options.launcher is not None else launcher_bytes()
-        layer = maker.make(_file_entries(LAUNCHER_PATH, launcher_data, 0o755), "Buildpacks Application Launcher")
-        added.append(layer)
-        lifecycle_md["launcher"] = {"sha": str(layer.diff_id)}
-
+    def launcher_layers(self) -> str | None:
+        """The launcher, its config (metadata.toml, process table) and the process-type links;
+        returns the default process type the image starts."""
+        opts, build, md = self.options, self.build, self.lifecycle_md
+        data = opts.launcher.read_bytes() if opts.launcher is not None else launcher_bytes()
+        md["launcher"] = {"sha": str(self._add(self.maker.make(
+            _file_entries(LAUNCHER_PATH, data, 0o755), "Buildpacks Application Launcher")).diff_id)}
         types = {p.type for p in build.processes}
-        default = options.default_process or build.default_process
+        default = opts.default_process or build.default_process
         if default is not None and default not in types:
-            say(f"Warning: default process type '{default}' not present in list {sorted(types)}")
+            self.say(f"Warning: default process type '{default}' not present in list {sorted(types)}")
             default = None
-        config_dir = f"{normalize_path(img_layers)}/config"
+        config_dir = f"{normalize_path(opts.image_layers_dir)}/config"
         bps = [(escape_id(b.id), b.api) for b in build.buildpacks]
-        config_entries = [
-            *[TarEntry(p, DIR, 0o755, uid=0, gid=0) for p in (normalize_path(img_layers),)],
-            TarEntry(config_dir, DIR, 0o755, uid=uid, gid=gid),
+        entries = [
+            TarEntry(normalize_path(opts.image_layers_dir), DIR, 0o755, uid=0, gid=0),
+            TarEntry(config_dir, DIR, 0o755, uid=opts.uid, gid=opts.gid),
             TarEntry.file(f"{config_dir}/metadata.toml", _metadata_toml(build, build.default_process), 0o644,
-                          uid=uid, gid=gid),
+                          uid=opts.uid, gid=opts.gid),
             TarEntry.file(f"{config_dir}/{PROCESS_TABLE_NAME}",
-                          render_process_table(bps, list(build.processes), default), 0o644, uid=uid, gid=gid),
+                          render_process_table(bps, list(build.processes), default), 0o644,
+                          uid=opts.uid, gid=opts.gid),
         ]
-        layer = maker.make(config_entries, "Buildpacks Launcher Config")
-        added.append(layer)
-        lifecycle_md["config"] = {"sha": str(layer.diff_id)}
-
+        md["config"] = {"sha": str(self._add(self.maker.make(entries, "Buildpacks Launcher Config")).diff_id)}
         if build.processes:
-            proc_entries = [TarEntry("cnb", DIR, 0o755), TarEntry("cnb/process", DIR, 0o755)] + [
-                TarEntry.symlink(f"cnb/process/{t}", LAUNCHER_PATH) for t in sorted(types)
-            ]
-            layer = maker.make(proc_entries, "Buildpacks Process Types")
-            added.append(layer)
-            lifecycle_md["process-types"] = {"sha": str(layer.diff_id)}
+            links = [TarEntry("cnb", DIR, 0o755), TarEntry("cnb/process", DIR, 0o755)] + [
+                TarEntry.symlink(f"cnb/process/{t}", LAUNCHER_PATH) for t in sorted(types)]
+            md["process-types"] = {"sha": str(self._add(self.maker.make(links, "Buildpacks Process Types")).diff_id)}
+        return default
 
-        run_image_md = {
-            "topLayer": str(run_config.diff_ids[-1]) if run_config.diff_ids else "",
-            "reference": run_reference(run.read_as or run.name, run_desc.digest),
-            "image": run.name,
-        }
-        if run.mirrors:
-            run_image_md["mirrors"] = list(run.mirrors)
-        lifecycle_md["runImage"] = run_image_md
-        lifecycle_md["stack"] = {"runImage": {"image": run.name, **({"mirrors": list(run.mirrors)}
-                                                                      if run.mirrors else {})}}
-
-        build_md: dict[str, Any] = {
+    def build_md(self) -> dict[str, Any]:
+        """``io.buildpacks.build.metadata``: buildpacks, launcher, processes."""
+        build, opts = self.build, self.options
+        md: dict[str, Any] = {
             "buildpacks": [{"id": b.id, "version": b.version} | ({"homepage": b.homepage} if b.homepage else {})
                            for b in build.buildpacks],
-            "launcher": {"version": options.launcher_version or ("ocibuild-sh" if options.launcher is None else ""),
+            "launcher": {"version": opts.launcher_version or ("ocibuild-sh" if opts.launcher is None else ""),
                          "source": {"git": {"repository": "", "commit": ""}}},
             "processes": [
                 {"type": p.type, "command": list(p.command), "args": list(p.args), "direct": p.direct,
@@ -536,9 +573,13 @@ def export(
             ],
         }
         if build.default_process:
-            build_md["buildpack-default-process-type"] = build.default_process
+            md["buildpack-default-process-type"] = build.default_process
+        return md
 
-        # The config: the run image's, with our layers, env, entrypoint and labels.
+    def config_doc(self, run_config: ImageConfig, default: str | None) -> dict[str, Any]:
+        """The run image's config with our layers, env, entrypoint and labels."""
+        opts = self.options
+        created = created_time(opts.creation_time)
         doc = run_config.to_dict()
         doc.pop("container", None)
         doc.pop("container_config", None)
@@ -546,20 +587,19 @@ def export(
         doc["config"] = cfg
         env = list(cfg.get("Env") or [])
         run_path = next((e.partition("=")[2] for e in env if e.startswith("PATH=")), "")
-        env = _set_env(env, "CNB_LAYERS_DIR", img_layers)
-        env = _set_env(env, "CNB_APP_DIR", options.image_app_dir)
-        env = _set_env(env, "CNB_PLATFORM_API", options.platform_api)
-        env = _set_env(env, "CNB_DEPRECATION_MODE", "quiet")
-        env = _set_env(env, "PATH", ":".join(p for p in (PROCESS_DIR, "/cnb/lifecycle", run_path) if p))
+        for key, value in (("CNB_LAYERS_DIR", opts.image_layers_dir), ("CNB_APP_DIR", opts.image_app_dir),
+                           ("CNB_PLATFORM_API", opts.platform_api), ("CNB_DEPRECATION_MODE", "quiet"),
+                           ("PATH", ":".join(p for p in (PROCESS_DIR, "/cnb/lifecycle", run_path) if p))):
+            env = _set_env(env, key, value)
         cfg["Env"] = env
-        cfg["WorkingDir"] = options.image_app_dir
+        cfg["WorkingDir"] = opts.image_app_dir
         cfg["Entrypoint"] = [f"{PROCESS_DIR}/{default}" if default else LAUNCHER_PATH]
         cfg["Cmd"] = None
         labels = dict(cfg.get("Labels") or {})
-        labels.update(dict(build.labels))
-        labels[LIFECYCLE_LABEL] = canonical_json(lifecycle_md).decode()
-        labels[BUILD_LABEL] = canonical_json(build_md).decode()
-        labels[PROJECT_LABEL] = canonical_json(dict(options.project_metadata or {})).decode()
+        labels.update(dict(self.build.labels))
+        labels[LIFECYCLE_LABEL] = canonical_json(self.lifecycle_md).decode()
+        labels[BUILD_LABEL] = canonical_json(self.build_md()).decode()
+        labels[PROJECT_LABEL] = canonical_json(dict(opts.project_metadata or {})).decode()
         cfg["Labels"] = labels
         doc["created"] = created
         history = [dict(h) for h in (doc.get("history") or [])]
@@ -567,28 +607,11 @@ def export(
             h["created"] = created
         if not history:
             history = [{"created": created} for _ in run_config.diff_ids]
-        history += [{"created": created, "created_by": layer.created_by} for layer in added]
+        history += [{"created": created, "created_by": layer.created_by} for layer in self.added]
         doc["history"] = history
         doc["rootfs"] = {"type": "layers",
-                         "diff_ids": [str(d) for d in run_config.diff_ids] + [str(x.diff_id) for x in added]}
-        config = ImageConfig.build(doc, mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG)
-        manifest = Manifest.build(config.descriptor(), [*run_manifest.layers, *(x.descriptor for x in added)],
-                                  media_type=mt.DOCKER_MANIFEST if docker else mt.OCI_MANIFEST)
-
-        uploaded = _write_image(target, present, run, run_manifest, added, config, say)
-        desc = manifest.descriptor()
-        tags = [t for t in (tag, *options.extra_tags) if t]
-        target.put_manifest(desc, manifest.raw, tag=tags[0] if tags else None)
-        for extra in tags[1:]:
-            target.tag(desc, extra)
-        return ExportResult(desc, manifest, config, tuple(added), tuple(uploaded), default)
-    finally:
-        for layer in added:
-            if layer.path is not None:
-                layer.path.unlink(missing_ok=True)
-        for leftover in work.glob("*"):
-            leftover.unlink(missing_ok=True)
-        work.rmdir()
+                         "diff_ids": [str(d) for d in run_config.diff_ids] + [str(x.diff_id) for x in self.added]}
+        return doc
 
 
 def strip_tag(name: str) -> str:

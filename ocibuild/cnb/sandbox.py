@@ -238,8 +238,9 @@ def namespace_hint(reason: str, mode: str) -> str:
                 "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or run as root")
     if _sysctl("kernel.unprivileged_userns_clone") == "0":
         return "unprivileged user namespaces are off: sysctl -w kernel.unprivileged_userns_clone=1, or run as root"
-    if _sysctl("user.max_user_namespaces") == "0":
-        return "user namespaces are off: sysctl -w user.max_user_namespaces=15000, or run as root"
+    if _sysctl("user.max_user_namespaces") == "0" or "No space left on device" in reason:
+        return ("no more user namespaces may be made (user.max_user_namespaces is reached or 0): "
+                "sysctl -w user.max_user_namespaces=15000, or run as root")
     return ("no user namespace can be made here (a container without the capability, or a seccomp "
             "filter): run as root, or allow user namespaces")
 

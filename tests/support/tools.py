@@ -30,6 +30,9 @@ PACKAGES: Mapping[str, str] = {
     "openssl": "openssl",
     "curl": "curl",
     "git": "git",
+    "setpriv": "util-linux",
+    "bwrap": "bubblewrap",
+    "crun": "crun",
 }
 
 
