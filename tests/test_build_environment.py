@@ -8,6 +8,8 @@ Every test runs the real CLI twice over: as root (a CI container) and as an unpr
 
 from __future__ import annotations
 
+import atexit
+import functools
 import gzip
 import io
 import json
@@ -49,7 +51,7 @@ class Runner:
         env = dict(os.environ, OCIBUILD_SCRATCH=str(self.base / "scratch"), HOME=str(self.base / "home"),
                    OCIBUILD_HOST_ONLY="leaked", **(extra or {}))
         if self.kind != "root":
-            env["PYTHONPATH"] = os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])
+            env["PYTHONPATH"] = os.pathsep.join(_readable_code())
             env.pop("XDG_RUNTIME_DIR", None)
         return env
 
@@ -67,10 +69,31 @@ class Runner:
         return proc
 
 
+def _open_to_others(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o005 == 0o005 for p in (path, *path.parents))
+
+
+@functools.cache
+def _readable_code() -> tuple[str, str]:
+    """Where uid 65534 imports ocibuild and its dependencies from: this checkout and its venv when
+    others may read them, else one copy of both per session in a world-readable temp dir (a clone
+    under /root, say)."""
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    if _open_to_others(REPO) and _open_to_others(purelib):
+        return str(REPO), str(purelib)
+    copy = Path(tempfile.mkdtemp(prefix="ocibuild-code-", dir="/tmp"))
+    atexit.register(shutil.rmtree, copy, True)
+    copy.chmod(0o755)
+    shutil.copytree(REPO / "ocibuild", copy / "src" / "ocibuild", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(purelib, copy / "deps", symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "ocibuild*"))
+    subprocess.run(["chmod", "-R", "a+rX", str(copy)], check=True)
+    return str(copy / "src"), str(copy / "deps")
+
+
 def _unprivileged_python() -> str:
     """An interpreter uid 65534 can run: this one if its path is open to others, else Debian's."""
     exe = os.path.realpath(sys.executable)
-    if all(os.stat(p).st_mode & 0o005 == 0o005 for p in Path(exe).parents):
+    if _open_to_others(Path(exe).parent):
         return exe
     debian = f"/usr/bin/python3.{sys.version_info.minor}"
     if not os.path.exists(debian):
@@ -93,8 +116,8 @@ def runner(request: pytest.FixtureRequest) -> Iterator[Runner]:
         probe = subprocess.run([*run.argv()[:-2], "-c", "import ocibuild.cli.main"], env=run.env(),
                                capture_output=True, text=True, cwd=base)
         if probe.returncode != 0:
-            pytest.fail(f"uid {NOBODY} cannot import ocibuild from {REPO} (clone it where other users can read "
-                        f"it): {probe.stderr.strip().splitlines()[-1:]}", pytrace=False)
+            pytest.fail(f"uid {NOBODY} cannot import ocibuild from {_readable_code()}: "
+                        f"{probe.stderr.strip().splitlines()[-1:]}", pytrace=False)
     try:
         yield run
     finally:
