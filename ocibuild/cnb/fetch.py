@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ocibuild.errors import OCIBuildError, UsageError
+from ocibuild.fileutil import write_atomic
 
 DEFAULT_MAX_DOWNLOAD = 512 << 20
 CHUNK = 1 << 20
@@ -136,7 +137,7 @@ class Downloads:
             hexd = h.hexdigest()
             path = self.blobs / f"{hexd}{_suffix(url)}"
             os.replace(tmp, path)
-            _write_atomic(self._url_file(url), hexd.encode())
+            write_atomic(self._url_file(url), hexd.encode(), prefix=".url-")
             return path
         except BaseException:
             try:
@@ -144,22 +145,6 @@ class Downloads:
             except FileNotFoundError:
                 pass
             raise
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".url-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def load_url_buildpacks(url: str, cache_root: Path, *, platform: Any = None, options: Any = None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ocibuild.errors import NotFound, UsageError
+from ocibuild.fileutil import write_atomic
 
 PULL_POLICIES = ("always", "never", "if-not-present")
 #: Tag prefix of the copies of builders and run images kept in the scratch layout (``--pull-policy``).
@@ -161,25 +162,13 @@ def refuse(flag: str, value: Any, why: str) -> None:
 # -- --report-output-dir ---------------------------------------------------------------------------
 def write_report(directory: Path, tags: list[str], digest: str, manifest_size: int) -> Path:
     """The lifecycle's ``report.toml``: ``[image] tags, digest, manifest-size``; written atomically."""
-    import tempfile
 
     import tomli_w
 
     directory.mkdir(parents=True, exist_ok=True)
     doc = {"image": {"tags": tags, "digest": digest, "manifest-size": manifest_size}}
     data = tomli_w.dumps(doc).encode()
-    path = directory / "report.toml"
-    fd, tmp = tempfile.mkstemp(prefix=".report-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    path = write_atomic(directory / "report.toml", data, prefix=".report-")
     return path
 
 
