@@ -356,7 +356,7 @@ def test_relative_uri_is_read_against_project_toml_from_any_directory(tmp_path: 
     assert json.loads(proc.stdout)["group"] == ["samples/bash-script@1.0.0", PROCFILE]
     # schema 0.1 spells it [[build.buildpacks]]
     (sample / "project.toml").write_text('[[build.buildpacks]]\nuri = "bash-script-buildpack"\n'
-                                         f'[[build.buildpacks]]\nid = "ocibuild/procfile"\n')
+                                         '[[build.buildpacks]]\nid = "ocibuild/procfile"\n')
     out = build_json(f"oci:{tmp_path}/out:b", scratch=tmp_path / "scratch", app=sample)
     assert out["group"] == ["samples/bash-script@1.0.0", PROCFILE]
 

@@ -7,7 +7,6 @@ from the pipeline (which only sees the result: ``BuildOptions`` fields).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass
