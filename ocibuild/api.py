@@ -18,7 +18,7 @@ from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor, Platform
 from ocibuild.oci.digest import Digest
 from ocibuild.oci.manifest import ImageConfig, Index, Manifest, parse_manifest
-from ocibuild.oci.reference import LayoutReference, Reference, parse_reference
+from ocibuild.oci.reference import ArchiveReference, LayoutReference, Reference, parse_reference
 
 if TYPE_CHECKING:
     from ocibuild.store.base import Store
@@ -105,6 +105,8 @@ def copy(
                 tag = None
             elif isinstance(dst_ref, LayoutReference) and dst_ref.tag is None:
                 tag = _default_tag(src, registry)
+            elif isinstance(dst_ref, ArchiveReference) and dst_ref.tag is None:
+                tag = _archive_default_tag(dst_ref, src, registry)
             else:
                 tag = dst_ref.tag
             desc = copy_image(
@@ -115,6 +117,11 @@ def copy(
             if dst_ref.digest is not None and desc.digest != dst_ref.digest:
                 raise UsageError(f"copied image is {desc.digest}, not the destination digest {dst_ref.digest}")
             return desc
+
+
+def _archive_default_tag(dst: ArchiveReference, src_text: str, registry: str | None) -> str:
+    """An oci-archive gets the source's tag (as ``oci:DIR``); a docker archive, like skopeo's, no RepoTags."""
+    return "" if dst.is_docker else _default_tag(src_text, registry)
 
 
 def manifest(
@@ -260,6 +267,8 @@ def _destination(dst: str, registry: str | None) -> tuple[str | None, Any]:
     ref = parse_reference(dst, registry)
     if ref.digest is not None:
         raise UsageError(f"--tag needs a tag, not a digest: {dst}")
+    if isinstance(ref, ArchiveReference) and ref.tag is None:
+        return ("" if ref.is_docker else "latest"), ref
     return ref.tag or "latest", ref
 
 
