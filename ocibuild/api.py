@@ -401,3 +401,76 @@ def unpack(
         if created and os.path.isdir(directory) and not os.path.islink(directory):
             shutil.rmtree(directory, ignore_errors=True)
         raise
+
+
+# -- crane's verbs ------------------------------------------------------------------------------
+def tag(ref: str, new_tag: str, *, registry: str | None = None, options: Any = None) -> Descriptor:
+    """Give the image ``ref`` names another tag in the same repository or layout; no blob moves
+    (``crane tag``: the manifest bytes are read and put again under ``new_tag``)."""
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        parsed = parse_reference(ref, registry)
+        parsed.with_tag(new_tag)  # refuses a tag that store's grammar does not allow
+        if isinstance(parsed, ArchiveReference):
+            raise UsageError(f"{ref}: archives are written whole; copy to {parsed.transport}:PATH:{new_tag}")
+        desc, raw = store.get_manifest(_require_identifier(store, identifier, ref))
+        store.put_manifest(desc, raw, tag=new_tag)
+        return desc
+
+
+def catalog(registry_name: str, *, options: Any = None) -> list[str]:
+    """The repositories of a registry (``_catalog``, following ``Link`` pagination)."""
+    from ocibuild.oci.reference import normalize_registry
+    from ocibuild.store.registry.store import catalog as list_catalog
+
+    return list_catalog(normalize_registry(registry_name.removeprefix("docker://")), options)
+
+
+def blob(ref: str, out: Any, *, registry: str | None = None, options: Any = None) -> Descriptor:
+    """Stream the blob ``REPO@DIGEST`` names into ``out`` (``write``), verified (``crane blob``)."""
+    from ocibuild.store.base import copy_stream
+
+    parsed = parse_reference(ref, registry)
+    if parsed.digest is None:
+        raise UsageError(f"blob needs REPO@DIGEST (or oci:DIR@DIGEST): {ref}")
+    with open_image(ref, registry=registry, options=options) as (store, _):
+        stat = getattr(store, "stat_blob", None)
+        if stat is None:
+            raise UsageError(f"{store.name}: cannot read single blobs")
+        desc = stat(parsed.digest)
+        with store.open_blob(desc) as stream:
+            copy_stream(stream, out, desc)
+        return desc
+
+
+def _image_of(store: "Store", identifier: str | None, text: str, platform: Platform | None) -> Manifest:
+    desc, raw = store.get_manifest(_require_identifier(store, identifier, text))
+    return _image_manifest(store, desc, raw, platform)[1]
+
+
+def export(ref: str, out: Any, *, platform: Platform | None = None, registry: str | None = None,
+           options: Any = None) -> Descriptor:
+    """Write the image's flattened file system (whiteouts applied) as a tar to the binary stream ``out``."""
+    from ocibuild.layer.flatten import export_filesystem
+
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        doc = _image_of(store, identifier, ref, platform)
+        export_filesystem(store, doc, out)
+        return doc.descriptor()
+
+
+def flatten(ref: str, dst: str, *, platform: Platform | None = None, registry: str | None = None,
+            options: Any = None) -> Descriptor:
+    """A one-layer image ``dst`` with ``ref``'s file system and config (``crane flatten -t``)."""
+    from ocibuild.mutate import flatten_image
+
+    with _source_and_destination(ref, dst, registry, options) as (src_store, src_id, dst_store, tag_):
+        return flatten_image(src_store, src_id, dst_store, tag_, platform=platform)
+
+
+def validate(ref: str, *, fast: bool = False, schemas: str | None = None, registry: str | None = None,
+             options: Any = None) -> Any:
+    """Check digests, sizes, media types, diff_ids (and schemas when available) of an image or index."""
+    from ocibuild.transfer.validate import validate_image
+
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        return validate_image(store, _require_identifier(store, identifier, ref), fast=fast, schemas=schemas)

@@ -206,3 +206,35 @@ def mutate_image(
     with _writer_lock(dst):
         copy_missing_blobs(store, dst, base.layers)
         return _write_image(dst, base, doc, config.media_type, base.layers, new_annotations, dst_tag)
+
+
+def flatten_image(
+    store_src: Store,
+    identifier: str,
+    dst_store: Store,
+    dst_tag: str | None,
+    *,
+    platform: Platform | None = None,
+) -> Descriptor:
+    """A new one-layer image with the file system of ``identifier`` (whiteouts applied) and its config.
+
+    ``rootfs`` and ``history`` describe the one layer; the rest of the config is kept (``crane flatten``).
+    The layer is built into a temp file before anything is written to ``dst_store``.
+    """
+    from ocibuild.layer.compress import compress_stream
+    from ocibuild.layer.flatten import export_filesystem
+
+    base, config = _load_image(store_src, identifier, platform)
+    media_type = mt.layer_type("gzip", base.is_docker)
+    tmp_dir = dst_store.tmp_dir if isinstance(dst_store, LayoutStore) else None
+    result = compress_stream(lambda out: export_filesystem(store_src, base, out), media_type=media_type,
+                             tmp_dir=tmp_dir)
+    doc = config.to_dict()
+    doc["rootfs"] = {"type": "layers", "diff_ids": [str(result.diff_id)]}
+    doc["history"] = [{"created": HISTORY_CREATED, "created_by": f"ocibuild flatten {base.digest}"}]
+    with _writer_lock(dst_store):
+        try:
+            _publish_layer(dst_store, result)
+        finally:
+            result.discard()
+        return _write_image(dst_store, base, doc, config.media_type, [result.descriptor], base.annotations, dst_tag)

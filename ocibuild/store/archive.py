@@ -244,6 +244,12 @@ class OCIArchiveReader(_ReadOnly):
     def open_blob(self, desc: Descriptor) -> contextlib.AbstractContextManager[BinaryIO]:
         return _verified(self._tar, self._blob(desc.digest), desc)
 
+    def stat_blob(self, digest: Digest) -> Descriptor:
+        size = self._tar.size(self._blob(digest))
+        if size is None:
+            raise NotFound(f"blob {digest} not found in {self.name}")
+        return Descriptor("application/octet-stream", digest, size)
+
     def referrers(self, subject: Descriptor, artifact_type: str | None = None) -> list[Descriptor]:
         """Manifests of index.json whose ``subject`` is ``subject`` (skopeo keeps no fallback tags here)."""
         out = []
@@ -375,6 +381,13 @@ class DockerArchiveReader(_ReadOnly):
 
     def has_blob(self, desc: Descriptor) -> bool:
         return self._member(desc) is not None
+
+    def stat_blob(self, digest: Digest) -> Descriptor:
+        if digest not in self._blobs:
+            self._all()
+        if digest not in self._blobs:
+            raise NotFound(f"blob {digest} not found in {self.name}")
+        return Descriptor("application/octet-stream", digest, self._blobs[digest][1])
 
     def open_blob(self, desc: Descriptor) -> contextlib.AbstractContextManager[BinaryIO]:
         name = self._member(desc)
