@@ -25,11 +25,12 @@ from ocibuild.cli.output import error_line
 from ocibuild.errors import OCIBuildError
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "ocibuild.cli.image",  # copy, inspect, manifest, config, digest, tags, delete, login, logout, append, mutate, unpack
+    "ocibuild.cli.image",  # copy, inspect, config, digest, tags, delete, login, logout, append, mutate, unpack
     "ocibuild.cli.build",  # build, rebase
     "ocibuild.cli.builder",  # builder create, builder inspect
     "ocibuild.cli.maintenance",  # gc, fsck, ledger
     "ocibuild.cli.crane",  # tag, catalog, blob, export, flatten, validate
+    "ocibuild.cli.manifest",  # manifest REF (crane) and manifest create|add|annotate|rm|remove|push|inspect (pack)
 )
 
 
