@@ -474,3 +474,27 @@ def validate(ref: str, *, fast: bool = False, schemas: str | None = None, regist
 
     with open_image(ref, registry=registry, options=options) as (store, identifier):
         return validate_image(store, _require_identifier(store, identifier, ref), fast=fast, schemas=schemas)
+
+
+def package_buildpack(config: str, output: str, *, fmt: str = "image", target: Platform | None = None,
+                      registry: str | None = None, options: Any = None) -> Descriptor:
+    """``pack buildpack package``: package.toml -> a buildpackage image at ``output`` (any writable
+    reference) or, with ``fmt="file"``, a ``.cnb`` file at the path ``output``."""
+    from ocibuild.cnb.package import package_buildpack as build
+
+    if fmt == "file":
+        from ocibuild.store.archive import OCIArchiveWriter
+
+        path = output.removeprefix("file://")
+        if path.startswith(("oci:", "oci-archive:", "docker://")):
+            raise UsageError(f"--format file writes a .cnb file: give a path, not {output}")
+        return build(config, target=target, registry=registry, options=options,
+                     store_for=lambda: OCIArchiveWriter(path), tag="latest")
+    if fmt != "image":
+        raise UsageError(f"--format must be image or file, not {fmt!r}")
+    tag, dst_ref = _destination(output, registry)
+    from ocibuild.store.open import open_reference
+
+    with _new_layout_removed_on_error(dst_ref):
+        return build(config, target=target, registry=registry, options=options, tag=tag,
+                     store_for=lambda: open_reference(output, registry, options, for_write=True)[0])

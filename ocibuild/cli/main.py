@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ocibuild.cli.builder",  # builder create, builder inspect
     "ocibuild.cli.maintenance",  # gc, fsck, ledger
     "ocibuild.cli.crane",  # tag, catalog, blob, export, flatten, validate
+    "ocibuild.cli.buildpack",  # buildpack package
     "ocibuild.cli.manifest",  # manifest REF (crane) and manifest create|add|annotate|rm|remove|push|inspect (pack)
 )
 
