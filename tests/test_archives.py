@@ -170,3 +170,24 @@ def test_append_reads_and_writes_archives(tmp_path: Path, busybox) -> None:
     assert ok("digest", f"oci-archive:{out}:v2").strip() == digest
     cfg = skopeo_json("inspect", "--config", f"oci-archive:{out}:v2")
     assert len(cfg["rootfs"]["diff_ids"]) == 2 and cfg["rootfs"]["diff_ids"][0] == busybox.diff_ids[0]
+
+
+def test_build_writes_into_both_archive_kinds(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    app_dir = Path(__file__).resolve().parent.parent / "examples" / "hello"
+    env = dict(os.environ, OCIBUILD_SCRATCH=str(tmp_path / "scratch"))
+    digests = []
+    for image in (f"oci-archive:{tmp_path / 'app.tar'}:1", f"docker-archive:{tmp_path / 'd.tar'}:app:1"):
+        proc = subprocess.run([sys.executable, "-m", "ocibuild.cli.main", "-q", "build", image, "--path", str(app_dir)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        digests.append(proc.stdout.strip().splitlines()[-1])
+    assert skopeo_json("inspect", f"oci-archive:{tmp_path / 'app.tar'}:1")["Digest"] == digests[0]
+    with tarfile.open(tmp_path / "d.tar") as tf:
+        assert json.load(tf.extractfile("manifest.json"))[0]["RepoTags"] == ["app:1"]  # type: ignore[arg-type]
+    assert ok("digest", f"docker-archive:{tmp_path / 'd.tar'}:app:1").strip() == digests[1]
+    cfg = skopeo_json("inspect", "--config", f"docker-archive:{tmp_path / 'd.tar'}")
+    assert "io.buildpacks.lifecycle.metadata" in cfg["config"]["Labels"]
