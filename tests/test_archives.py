@@ -6,6 +6,7 @@ bad input is one line, the right exit code, and nothing written.
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 import time
@@ -191,3 +192,35 @@ def test_build_writes_into_both_archive_kinds(tmp_path: Path) -> None:
     assert ok("digest", f"docker-archive:{tmp_path / 'd.tar'}:app:1").strip() == digests[1]
     cfg = skopeo_json("inspect", "--config", f"docker-archive:{tmp_path / 'd.tar'}")
     assert "io.buildpacks.lifecycle.metadata" in cfg["config"]["Labels"]
+
+
+def _docker_archive(path: Path, members: dict[str, bytes], listing: object) -> None:
+    with tarfile.open(path, "w") as tf:
+        for name, data in {**members, "manifest.json": json.dumps(listing).encode()}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("case", ["lying layer", "missing layer", "escaping name", "diff_id count"])
+def test_hostile_docker_archives_fail_in_one_line(tmp_path: Path, case: str) -> None:
+    import hashlib
+
+    from support.images import layer_tar
+
+    layer = layer_tar({"a.txt": b"A\n"})
+    other = layer_tar({"a.txt": b"B\n"})
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest()]
+    if case == "diff_id count":
+        diff_ids.append(diff_ids[0])
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    layer_name = {"missing layer": "nothere.tar", "escaping name": "../../etc/passwd"}.get(case, "l.tar")
+    members = {"c.json": config, "l.tar": other if case == "lying layer" else layer}
+    archive = tmp_path / "h.tar"
+    _docker_archive(archive, members, [{"Config": "c.json", "RepoTags": ["h:1"], "Layers": [layer_name]}])
+    result = cli("copy", f"docker-archive:{archive}", f"oci:{tmp_path / 'dst'}:1")
+    assert result.exit_code == 1, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "dst").exists() or LayoutStore(tmp_path / "dst").tags() == []
+    assert not (tmp_path / "etc").exists()
