@@ -473,6 +473,19 @@ def validate(ref: str, *, fast: bool = False, schemas: str | None = None, regist
     from ocibuild.transfer.validate import validate_image
 
     with open_image(ref, registry=registry, options=options) as (store, identifier):
+        entries = getattr(store, "index_entries", None)
+        if identifier is None and entries is not None:  # a bare layout: every image it holds
+            from ocibuild.transfer.validate import Report
+
+            report = Report()
+            for entry in entries():
+                part = validate_image(store, str(entry.digest), fast=fast, schemas=schemas)
+                report.checked += part.checked
+                report.problems += part.problems
+                report.schemas = part.schemas
+            if not report.checked and not report.problems:
+                raise NotFound(f"{store.name}: no image in the layout")
+            return report
         return validate_image(store, _require_identifier(store, identifier, ref), fast=fast, schemas=schemas)
 
 

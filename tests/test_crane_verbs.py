@@ -193,3 +193,31 @@ def test_validate_reports_damage(tmp_path: Path, layered) -> None:
     assert bad.exit_code == 1 and str(manifest.layers[1].digest) in bad.stderr
     fast = cli("validate", "--fast", layered.ref)
     assert fast.exit_code == 0  # presence and size only
+
+
+def test_validate_a_whole_layout(tmp_path: Path) -> None:
+    from support.copyimages import index
+
+    store = LayoutStore(tmp_path / "l", create=True)
+    index(store, "v", tag="all")
+    write_image(tmp_path / "l", tag="single")
+    report = json.loads(ok("validate", "--json", f"oci:{tmp_path / 'l'}"))
+    assert report["ok"] and sum(line.startswith("manifest ") for line in report["checked"]) == 4
+    empty = LayoutStore(tmp_path / "e", create=True)
+    result = cli("validate", f"oci:{empty.path}")
+    assert result.exit_code == 1 and "no image" in result.stderr
+
+
+def test_flatten_an_index_flattens_each_image(tmp_path: Path) -> None:
+    from support.copyimages import index
+
+    store = LayoutStore(tmp_path / "l", create=True)
+    index(store, "v", tag="all")
+    ok("flatten", f"oci:{store.path}:all", "-t", f"oci:{tmp_path / 'flat'}:all")
+    raw = json.loads(run(["skopeo", "inspect", "--raw", f"oci:{tmp_path / 'flat'}:all"], check=True).stdout)
+    assert [m["platform"]["architecture"] for m in raw["manifests"]] == ["amd64", "arm64"]
+    for entry in raw["manifests"]:
+        child = json.loads(ok("manifest", f"oci:{tmp_path / 'flat'}@{entry['digest']}"))
+        assert len(child["layers"]) == 1
+    run(["skopeo", "copy", "--quiet", "--all", f"oci:{tmp_path / 'flat'}:all", f"oci:{tmp_path / 'c'}:x"], check=True)
+    ok("validate", f"oci:{tmp_path / 'flat'}:all")
