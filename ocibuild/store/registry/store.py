@@ -350,7 +350,7 @@ class RegistryStore:
 
     def tags(self) -> list[str]:
         return paged_names(self._client, f"/v2/{self.repository}/tags/list", "tags", self._pull, self.name,
-                           "list tags", self._fail)
+                           "list tags", self._fail, noun="tag list")
 
     # -- blobs --------------------------------------------------------------------------------------
 
@@ -593,7 +593,7 @@ _clients_lock = threading.Lock()
 
 
 def paged_names(client: RegistryClient, path: str, key: str, scopes: tuple[str, ...], name: str, what: str,
-                fail: Callable[[requests.Response, str], Exception] | None = None) -> list[str]:
+                fail: Callable[[requests.Response, str], Exception] | None = None, noun: str = "list") -> list[str]:
     """A list the registry serves in pages (``tags/list``, ``_catalog``): ``n`` per page, following
     ``Link: <...>; rel="next"`` until it ends or repeats. Sorted and without duplicates."""
     found: list[str] = []
@@ -615,7 +615,7 @@ def paged_names(client: RegistryClient, path: str, key: str, scopes: tuple[str, 
         try:
             doc = load_json(resp.content, what)
         except ManifestError:
-            raise RegistryError(f"{name}: {what}: the answer is not valid JSON") from None
+            raise RegistryError(f"{name}: {noun} is not valid JSON") from None
         page = doc.get(key) if isinstance(doc, dict) else None
         found.extend(t for t in page or [] if isinstance(t, str))
         nxt = resp.links.get("next", {}).get("url")
@@ -634,7 +634,8 @@ def catalog(registry: str, options: RegistryOptions | None = None) -> list[str]:
     """The repositories of a registry (``GET /v2/_catalog``, paginated), sorted."""
     options = options or RegistryOptions()
     probe = get_registry_store(Reference(registry, "catalog"), options)
-    return paged_names(probe.client, "/v2/_catalog", "repositories", ("registry:catalog:*",), registry, "catalog")
+    return paged_names(probe.client, "/v2/_catalog", "repositories", ("registry:catalog:*",), registry, "catalog",
+                       noun="catalog")
 
 
 def get_registry_store(ref: Reference, options: RegistryOptions | None = None) -> RegistryStore:
