@@ -224,3 +224,27 @@ def test_hostile_docker_archives_fail_in_one_line(tmp_path: Path, case: str) -> 
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "dst").exists() or LayoutStore(tmp_path / "dst").tags() == []
     assert not (tmp_path / "etc").exists()
+
+
+def test_a_docker_archive_with_gzip_layers_under_any_name(tmp_path: Path) -> None:
+    """go-containerregistry's tarball writes compressed layers as ``<hex>.tar.gz``: hashed once, verified."""
+    import gzip
+    import hashlib
+
+    from support.images import layer_tar
+
+    layer = layer_tar({"z.txt": b"zipped\n"})
+    packed = gzip.compress(layer, mtime=0)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
+    archive = tmp_path / "g.tar"
+    _docker_archive(archive, {"cfg.json": config, "layer-one.tar.gz": packed},
+                    [{"Config": "cfg.json", "RepoTags": ["index.docker.io/library/g:1"], "Layers": ["layer-one.tar.gz"]}])
+    assert ok("tags", f"docker-archive:{archive}").split() == ["g:1"]
+    info = json.loads(ok("inspect", "--json", f"docker-archive:{archive}:g:1"))
+    assert info["layers"][0]["digest"] == "sha256:" + hashlib.sha256(packed).hexdigest()
+    assert info["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    ok("copy", f"docker-archive:{archive}:g:1", f"oci:{tmp_path / 'o'}:g")
+    ok("validate", f"oci:{tmp_path / 'o'}:g")
+    assert skopeo_json("inspect", "--config", f"oci:{tmp_path / 'o'}:g")["rootfs"]["diff_ids"] == json.loads(
+        config)["rootfs"]["diff_ids"]

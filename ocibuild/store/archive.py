@@ -315,8 +315,7 @@ class DockerArchiveReader(_ReadOnly):
             layers.append(layer)
             blobs.append((layer.digest, name))
         manifest = Manifest.build(config_desc, layers)
-        tags = entry.get("RepoTags") or []
-        image = _DockerImage(manifest, tuple(_familiar(t) for t in tags if isinstance(t, str)), tuple(blobs))
+        image = _DockerImage(manifest, self._repo_tags(n), tuple(blobs))
         for digest, name in image.blobs:
             self._blobs[digest] = (name, self._tar.size(name) or 0)
         self._images[n] = image
@@ -348,8 +347,13 @@ class DockerArchiveReader(_ReadOnly):
     def only_image(self) -> str | None:
         return "@0" if len(self._entries) == 1 else None
 
+    def _repo_tags(self, n: int) -> tuple[str, ...]:
+        """RepoTags straight from manifest.json: naming an image needs no layer looked at."""
+        tags = self._entries[n].get("RepoTags") or []
+        return tuple(_familiar(t) for t in tags if isinstance(t, str)) if isinstance(tags, list) else ()
+
     def tags(self) -> list[str]:
-        return [tag for image in self._all() for tag in image.repo_tags]
+        return [tag for n in range(len(self._entries)) for tag in self._repo_tags(n)]
 
     def resolve(self, identifier: str) -> Descriptor:
         if identifier.startswith("@") and identifier[1:].isdigit():
@@ -361,14 +365,14 @@ class DockerArchiveReader(_ReadOnly):
                     return image.manifest.descriptor()
             raise NotFound(f"manifest {digest} not found in {self.name}")
         want = _familiar(identifier)
-        for image in self._all():
-            if want in image.repo_tags:
-                return image.manifest.descriptor()
+        for n in range(len(self._entries)):
+            if want in self._repo_tags(n):
+                return self._image(n).manifest.descriptor()
         raise NotFound(f"{identifier!r} not found in {self.name} (RepoTags: {', '.join(self.tags()) or 'none'})")
 
     def get_manifest(self, identifier: str) -> tuple[Descriptor, bytes]:
         desc = self.resolve(identifier)
-        for image in self._all():
+        for image in self._images.values():  # resolve built it
             if image.manifest.digest == desc.digest:
                 return desc, image.manifest.raw
         raise NotFound(f"manifest {desc.digest} not found in {self.name}")
