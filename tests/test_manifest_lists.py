@@ -103,3 +103,25 @@ def test_bad_manifest_input_is_one_line(tmp_path: Path, env: dict[str, str], arg
     result = cli(env, *argv)
     assert result.exit_code == code, result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_index_source_brings_its_entries_and_a_layout_target(tmp_path: Path, env: dict[str, str]) -> None:
+    from support.copyimages import index
+
+    from ocibuild.store.layout import LayoutStore
+
+    src = LayoutStore(tmp_path / "src", create=True)
+    index(src, "i", tag="all")
+    single = write_image(tmp_path / "one", [{"s.txt": b"s"}], architecture="s390x", tag="v1")
+    target = f"oci:{tmp_path / 'out'}:multi"
+    ok(env, "manifest", "create", target, f"oci:{src.path}:all", single.ref)
+    doc = json.loads(ok(env, "manifest", "inspect", target))
+    assert [m["platform"]["architecture"] for m in doc["manifests"]] == ["amd64", "arm64", "s390x"]
+    ok(env, "manifest", "push", target)
+    run(["skopeo", "copy", "--quiet", "--all", target, f"oci:{tmp_path / 'copy'}:m"], check=True)
+    assert json.loads(run(["skopeo", "inspect", "--raw", target], check=True).stdout) == doc
+    ok(env, "validate", f"oci:{tmp_path / 'copy'}:m")
+    archive = tmp_path / "d.tar"
+    ok(env, "copy", single.ref, f"docker-archive:{archive}:s:1")
+    refused = cli(env, "manifest", "add", target, f"docker-archive:{archive}")
+    assert refused.exit_code == 2 and "copy it to oci:" in refused.stderr
