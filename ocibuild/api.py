@@ -18,7 +18,7 @@ from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor, Platform
 from ocibuild.oci.digest import Digest
 from ocibuild.oci.manifest import ImageConfig, Index, Manifest, parse_manifest
-from ocibuild.oci.reference import LayoutReference, Reference, parse_reference
+from ocibuild.oci.reference import ArchiveReference, LayoutReference, Reference, parse_reference
 
 if TYPE_CHECKING:
     from ocibuild.store.base import Store
@@ -105,6 +105,8 @@ def copy(
                 tag = None
             elif isinstance(dst_ref, LayoutReference) and dst_ref.tag is None:
                 tag = _default_tag(src, registry)
+            elif isinstance(dst_ref, ArchiveReference) and dst_ref.tag is None:
+                tag = _archive_default_tag(dst_ref, src, registry)
             else:
                 tag = dst_ref.tag
             desc = copy_image(
@@ -115,6 +117,11 @@ def copy(
             if dst_ref.digest is not None and desc.digest != dst_ref.digest:
                 raise UsageError(f"copied image is {desc.digest}, not the destination digest {dst_ref.digest}")
             return desc
+
+
+def _archive_default_tag(dst: ArchiveReference, src_text: str, registry: str | None) -> str:
+    """An oci-archive gets the source's tag (as ``oci:DIR``); a docker archive, like skopeo's, no RepoTags."""
+    return "" if dst.is_docker else _default_tag(src_text, registry)
 
 
 def manifest(
@@ -260,6 +267,8 @@ def _destination(dst: str, registry: str | None) -> tuple[str | None, Any]:
     ref = parse_reference(dst, registry)
     if ref.digest is not None:
         raise UsageError(f"--tag needs a tag, not a digest: {dst}")
+    if isinstance(ref, ArchiveReference) and ref.tag is None:
+        return ("" if ref.is_docker else "latest"), ref
     return ref.tag or "latest", ref
 
 
@@ -392,3 +401,113 @@ def unpack(
         if created and os.path.isdir(directory) and not os.path.islink(directory):
             shutil.rmtree(directory, ignore_errors=True)
         raise
+
+
+# -- crane's verbs ------------------------------------------------------------------------------
+def tag(ref: str, new_tag: str, *, registry: str | None = None, options: Any = None) -> Descriptor:
+    """Give the image ``ref`` names another tag in the same repository or layout; no blob moves
+    (``crane tag``: the manifest bytes are read and put again under ``new_tag``)."""
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        parsed = parse_reference(ref, registry)
+        parsed.with_tag(new_tag)  # refuses a tag that store's grammar does not allow
+        if isinstance(parsed, ArchiveReference):
+            raise UsageError(f"{ref}: archives are written whole; copy to {parsed.transport}:PATH:{new_tag}")
+        desc, raw = store.get_manifest(_require_identifier(store, identifier, ref))
+        store.put_manifest(desc, raw, tag=new_tag)
+        return desc
+
+
+def catalog(registry_name: str, *, options: Any = None) -> list[str]:
+    """The repositories of a registry (``_catalog``, following ``Link`` pagination)."""
+    from ocibuild.oci.reference import normalize_registry
+    from ocibuild.store.registry.store import catalog as list_catalog
+
+    return list_catalog(normalize_registry(registry_name.removeprefix("docker://")), options)
+
+
+def blob(ref: str, out: Any, *, registry: str | None = None, options: Any = None) -> Descriptor:
+    """Stream the blob ``REPO@DIGEST`` names into ``out`` (``write``), verified (``crane blob``)."""
+    from ocibuild.store.base import copy_stream
+
+    parsed = parse_reference(ref, registry)
+    if parsed.digest is None:
+        raise UsageError(f"blob needs REPO@DIGEST (or oci:DIR@DIGEST): {ref}")
+    with open_image(ref, registry=registry, options=options) as (store, _):
+        stat = getattr(store, "stat_blob", None)
+        if stat is None:
+            raise UsageError(f"{store.name}: cannot read single blobs")
+        desc = stat(parsed.digest)
+        with store.open_blob(desc) as stream:
+            copy_stream(stream, out, desc)
+        return desc
+
+
+def _image_of(store: "Store", identifier: str | None, text: str, platform: Platform | None) -> Manifest:
+    desc, raw = store.get_manifest(_require_identifier(store, identifier, text))
+    return _image_manifest(store, desc, raw, platform)[1]
+
+
+def export(ref: str, out: Any, *, platform: Platform | None = None, registry: str | None = None,
+           options: Any = None) -> Descriptor:
+    """Write the image's flattened file system (whiteouts applied) as a tar to the binary stream ``out``."""
+    from ocibuild.layer.flatten import export_filesystem
+
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        doc = _image_of(store, identifier, ref, platform)
+        export_filesystem(store, doc, out)
+        return doc.descriptor()
+
+
+def flatten(ref: str, dst: str, *, platform: Platform | None = None, registry: str | None = None,
+            options: Any = None) -> Descriptor:
+    """A one-layer image ``dst`` with ``ref``'s file system and config (``crane flatten -t``)."""
+    from ocibuild.mutate import flatten_image
+
+    with _source_and_destination(ref, dst, registry, options) as (src_store, src_id, dst_store, tag_):
+        return flatten_image(src_store, src_id, dst_store, tag_, platform=platform)
+
+
+def validate(ref: str, *, fast: bool = False, schemas: str | None = None, registry: str | None = None,
+             options: Any = None) -> Any:
+    """Check digests, sizes, media types, diff_ids (and schemas when available) of an image or index."""
+    from ocibuild.transfer.validate import validate_image
+
+    with open_image(ref, registry=registry, options=options) as (store, identifier):
+        entries = getattr(store, "index_entries", None)
+        if identifier is None and entries is not None:  # a bare layout: every image it holds
+            from ocibuild.transfer.validate import Report
+
+            report = Report()
+            for entry in entries():
+                part = validate_image(store, str(entry.digest), fast=fast, schemas=schemas)
+                report.checked += part.checked
+                report.problems += part.problems
+                report.schemas = part.schemas
+            if not report.checked and not report.problems:
+                raise NotFound(f"{store.name}: no image in the layout")
+            return report
+        return validate_image(store, _require_identifier(store, identifier, ref), fast=fast, schemas=schemas)
+
+
+def package_buildpack(config: str, output: str, *, fmt: str = "image", target: Platform | None = None,
+                      registry: str | None = None, options: Any = None) -> Descriptor:
+    """``pack buildpack package``: package.toml -> a buildpackage image at ``output`` (any writable
+    reference) or, with ``fmt="file"``, a ``.cnb`` file at the path ``output``."""
+    from ocibuild.cnb.package import package_buildpack as build
+
+    if fmt == "file":
+        from ocibuild.store.archive import OCIArchiveWriter
+
+        path = output.removeprefix("file://")
+        if path.startswith(("oci:", "oci-archive:", "docker://")):
+            raise UsageError(f"--format file writes a .cnb file: give a path, not {output}")
+        return build(config, target=target, registry=registry, options=options,
+                     store_for=lambda: OCIArchiveWriter(path), tag="latest")
+    if fmt != "image":
+        raise UsageError(f"--format must be image or file, not {fmt!r}")
+    tag, dst_ref = _destination(output, registry)
+    from ocibuild.store.open import open_reference
+
+    with _new_layout_removed_on_error(dst_ref):
+        return build(config, target=target, registry=registry, options=options, tag=tag,
+                     store_for=lambda: open_reference(output, registry, options, for_write=True)[0])

@@ -206,3 +206,54 @@ def mutate_image(
     with _writer_lock(dst):
         copy_missing_blobs(store, dst, base.layers)
         return _write_image(dst, base, doc, config.media_type, base.layers, new_annotations, dst_tag)
+
+
+def flatten_image(
+    store_src: Store,
+    identifier: str,
+    dst_store: Store,
+    dst_tag: str | None,
+    *,
+    platform: Platform | None = None,
+) -> Descriptor:
+    """A new one-layer image with the file system of ``identifier`` (whiteouts applied) and its config.
+
+    ``rootfs`` and ``history`` describe the one layer; the rest of the config is kept (``crane flatten``).
+    An index without ``platform`` becomes an index of its images flattened, entries (platform,
+    annotations) kept. Each layer is built into a temp file before anything of it is written.
+    """
+    if platform is None:
+        _, top = load_manifest(store_src, identifier)
+        if isinstance(top, Index):
+            entries = []
+            for entry in top.manifests:
+                _, child = load_manifest(store_src, str(entry.digest))
+                if not isinstance(child, Manifest):
+                    raise ManifestError(f"{entry.digest}: nested index where an image manifest was expected")
+                flat = _flatten_one(store_src, child, load_config(store_src, child.config), dst_store, None)
+                entries.append(Descriptor(flat.media_type, flat.digest, flat.size, platform=entry.platform,
+                                          annotations=entry.annotations))
+            index = Index.build(entries, media_type=top.media_type, annotations=top.annotations or None)
+            return dst_store.put_manifest(index.descriptor(), index.raw, tag=dst_tag)
+    base, config = _load_image(store_src, identifier, platform)
+    return _flatten_one(store_src, base, config, dst_store, dst_tag)
+
+
+def _flatten_one(store_src: Store, base: Manifest, config: ImageConfig, dst_store: Store,
+                 dst_tag: str | None) -> Descriptor:
+    from ocibuild.layer.compress import compress_stream
+    from ocibuild.layer.flatten import export_filesystem
+
+    media_type = mt.layer_type("gzip", base.is_docker)
+    tmp_dir = dst_store.tmp_dir if isinstance(dst_store, LayoutStore) else None
+    result = compress_stream(lambda out: export_filesystem(store_src, base, out), media_type=media_type,
+                             tmp_dir=tmp_dir)
+    doc = config.to_dict()
+    doc["rootfs"] = {"type": "layers", "diff_ids": [str(result.diff_id)]}
+    doc["history"] = [{"created": HISTORY_CREATED, "created_by": f"ocibuild flatten {base.digest}"}]
+    with _writer_lock(dst_store):
+        try:
+            _publish_layer(dst_store, result)
+        finally:
+            result.discard()
+        return _write_image(dst_store, base, doc, config.media_type, [result.descriptor], base.annotations, dst_tag)

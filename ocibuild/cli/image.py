@@ -1,4 +1,4 @@
-"""Image commands: copy, inspect, manifest, config, digest, tags, delete, login, logout, append, mutate, unpack.
+"""Image commands: copy, inspect, config, digest, tags, delete, login, logout, append, mutate, unpack.
 
 Thin by design: parse arguments, call ``ocibuild.api`` / the library, print. Imports of the
 library happen inside the commands so that ``--help`` stays fast.
@@ -147,19 +147,6 @@ def _print_summary(info: dict[str, Any]) -> None:
         emit("")
         for line in cnb_lines(info["cnb"]):
             emit(line)
-
-
-def manifest(
-    ctx: typer.Context,
-    ref: str = typer.Argument(..., metavar="REF"),
-    platform: Optional[str] = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]",
-                                           help="For an index: print that platform's image manifest."),
-) -> None:
-    """Print the exact manifest (or index) bytes."""
-    from ocibuild import api
-
-    _, data = api.manifest(ref, platform=_platform(platform), **global_options(ctx).store_args())
-    emit_bytes(data)
 
 
 def config(
@@ -319,5 +306,5 @@ def unpack(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (copy, inspect, manifest, config, digest, tags, delete, login, logout, append, mutate, unpack):
+    for command in (copy, inspect, config, digest, tags, delete, login, logout, append, mutate, unpack):
         app.command()(command)

@@ -42,10 +42,13 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
     NoArgsIsHelpError = None  # type: ignore[assignment,misc]
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "ocibuild.cli.image",  # copy, inspect, manifest, config, digest, tags, delete, login, logout, append, mutate, unpack
+    "ocibuild.cli.image",  # copy, inspect, config, digest, tags, delete, login, logout, append, mutate, unpack
     "ocibuild.cli.build",  # build, rebase
     "ocibuild.cli.builder",  # builder create, builder inspect
     "ocibuild.cli.maintenance",  # gc, fsck, ledger
+    "ocibuild.cli.crane",  # tag, catalog, blob, export, flatten, validate
+    "ocibuild.cli.buildpack",  # buildpack package
+    "ocibuild.cli.manifest",  # manifest REF (crane) and manifest create|add|annotate|rm|remove|push|inspect (pack)
 )
 
 

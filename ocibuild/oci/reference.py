@@ -126,7 +126,84 @@ class LayoutReference:
         return f"oci:{self.path}:{self.tag}" if self.tag else f"oci:{self.path}"
 
 
-AnyReference = Union[Reference, LayoutReference]
+OCI_ARCHIVE = "oci-archive"
+DOCKER_ARCHIVE = "docker-archive"
+
+
+@dataclass(frozen=True)
+class ArchiveReference:
+    """skopeo's ``oci-archive:PATH[:TAG]`` (a tar of an OCI layout) or ``docker-archive:PATH[:REF|@N]``
+    (``docker save``'s tar). ``tag`` is the layout ref name, or for a docker archive the familiar
+    Docker reference (``app:1``) its ``RepoTags`` hold; ``index`` is a docker archive's ``@N``."""
+
+    transport: str
+    path: str
+    tag: str | None = None
+    digest: Digest | None = None
+    index: int | None = None
+
+    @property
+    def identifier(self) -> str | None:
+        if self.digest is not None:
+            return str(self.digest)
+        if self.index is not None:
+            return f"@{self.index}"
+        return self.tag
+
+    @property
+    def is_docker(self) -> bool:
+        return self.transport == DOCKER_ARCHIVE
+
+    def with_tag(self, tag: str) -> "ArchiveReference":
+        if self.is_docker:
+            return replace(self, tag=familiar_name(parse_docker_reference(tag)), digest=None, index=None)
+        if not _LAYOUT_TAG.match(tag):
+            raise InvalidReference(f"invalid layout tag {tag!r}: allowed characters are A-Za-z0-9._:@/+-")
+        return replace(self, tag=tag, digest=None, index=None)
+
+    def with_digest(self, digest: Digest) -> "ArchiveReference":
+        return replace(self, digest=digest, tag=None, index=None)
+
+    def __str__(self) -> str:
+        if self.digest is not None:
+            return f"{self.transport}:{self.path}@{self.digest}"
+        if self.index is not None:
+            return f"{self.transport}:{self.path}:@{self.index}"
+        return f"{self.transport}:{self.path}:{self.tag}" if self.tag else f"{self.transport}:{self.path}"
+
+
+AnyReference = Union[Reference, LayoutReference, ArchiveReference]
+
+
+def familiar_name(ref: "Reference") -> str:
+    """``app:1`` for ``docker.io/library/app:1``: the form ``docker save`` writes into ``RepoTags``."""
+    name = ref.name
+    if ref.registry == DOCKER_HUB:
+        name = ref.repository.removeprefix("library/") if ref.repository.count("/") == 1 else ref.repository
+    return f"{name}:{ref.tag or 'latest'}"
+
+
+def parse_archive_reference(transport: str, text: str) -> ArchiveReference:
+    """skopeo's grammar: the first ``:`` ends the path. An oci-archive takes ``TAG`` or ``@DIGEST``
+    (as ``oci:``); a docker-archive takes a Docker ``NAME:TAG`` or ``@N`` (the N-th image)."""
+    if not text:
+        raise InvalidReference(f"{transport}: reference needs a file, e.g. {transport}:./image.tar")
+    if transport == OCI_ARCHIVE:
+        layout = parse_layout_reference(text)
+        return ArchiveReference(transport, layout.path, layout.tag, layout.digest)
+    path, sep, rest = text.partition(":")
+    if not path:
+        raise InvalidReference(f"invalid reference {transport}:{text!r}: empty file name")
+    if not sep:
+        return ArchiveReference(transport, path)
+    if rest.startswith("@"):
+        if not rest[1:].isdigit():
+            raise InvalidReference(f"invalid reference {transport}:{text!r}: @N needs an image number")
+        return ArchiveReference(transport, path, index=int(rest[1:]))
+    ref = parse_docker_reference(rest)
+    if ref.digest is not None:
+        raise InvalidReference(f"invalid reference {transport}:{text!r}: a docker-archive names NAME:TAG, not a digest")
+    return ArchiveReference(transport, path, familiar_name(ref))
 
 
 def parse_layout_reference(text: str) -> LayoutReference:
@@ -152,7 +229,8 @@ def parse_layout_reference(text: str) -> LayoutReference:
 
 
 def parse_reference(text: str, default_registry: str | None = None) -> AnyReference:
-    """Parse what a user typed: ``oci:DIR[:TAG]``, ``docker://REF`` or a Docker reference.
+    """Parse what a user typed: ``oci:DIR[:TAG]``, ``oci-archive:``/``docker-archive:PATH[:REF]``,
+    ``docker://REF`` or a Docker reference.
 
     ``default_registry`` (``--registry``) is where short names (no domain part) live; without it,
     Docker Hub with its ``library/`` prefix, exactly as ``docker pull`` does.
@@ -164,6 +242,9 @@ def parse_reference(text: str, default_registry: str | None = None) -> AnyRefere
         return parse_layout_reference(text[4:])
     if text.startswith("ocidir://"):
         return parse_layout_reference(text[len("ocidir://"):])
+    for transport in (OCI_ARCHIVE, DOCKER_ARCHIVE):
+        if text.startswith(transport + ":"):
+            return parse_archive_reference(transport, text[len(transport) + 1:])
     if text.startswith("docker://"):
         text = text[len("docker://"):]
     return parse_docker_reference(text, default_registry)

@@ -227,6 +227,13 @@ class LayoutStore:
         except FileNotFoundError:
             return False
 
+    def stat_blob(self, digest: Digest) -> Descriptor:
+        """The size of a blob known by digest only."""
+        try:
+            return Descriptor("application/octet-stream", digest, self.blob_path(digest).stat().st_size)
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not found in {self.name}") from None
+
     def iter_blobs(self) -> Iterator[Digest]:
         """Digests of the files in ``blobs/``; files not named like a digest are skipped."""
         root = self.path / "blobs"

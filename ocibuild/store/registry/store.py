@@ -349,30 +349,8 @@ class RegistryStore:
         raise self._fail(resp, f"delete {identifier}")
 
     def tags(self) -> list[str]:
-        found: list[str] = []
-        url: str | None = f"/v2/{self.repository}/tags/list"
-        params: dict[str, str] | None = {"n": str(_TAGS_PAGE)}
-        seen_urls: set[str] = set()
-        while url is not None:
-            resp = self._client.request("GET", url, scopes=self._pull, params=params)
-            if resp.status_code != 200:
-                raise self._fail(resp, "list tags")
-            try:
-                doc = load_json(resp.content, "tag list")
-            except ManifestError:
-                raise RegistryError(f"{self.name}: tag list is not valid JSON") from None
-            page = doc.get("tags") if isinstance(doc, dict) else None
-            found.extend(t for t in page or [] if isinstance(t, str))
-            nxt = resp.links.get("next", {}).get("url")
-            resp.close()
-            if not nxt:
-                break
-            url = urljoin(resp.url, nxt)
-            if url in seen_urls:
-                break
-            seen_urls.add(url)
-            params = None
-        return sorted(set(found))
+        return paged_names(self._client, f"/v2/{self.repository}/tags/list", "tags", self._pull, self.name,
+                           "list tags", self._fail, noun="tag list")
 
     # -- blobs --------------------------------------------------------------------------------------
 
@@ -389,6 +367,20 @@ class RegistryStore:
             self._absent.add(desc.digest)
             return False
         raise self._fail(resp, f"blob {desc.digest.short()}")
+
+    def stat_blob(self, digest: Digest) -> Descriptor:
+        """The size of a blob known by digest only (``HEAD``'s Content-Length)."""
+        resp = self._client.request("HEAD", self._blob_url(digest), scopes=self._pull)
+        resp.close()
+        if resp.status_code == 404:
+            raise NotFound(f"blob {digest} not found in {self.name}")
+        if resp.status_code != 200:
+            raise self._fail(resp, f"blob {digest.short()}")
+        try:
+            size = int(resp.headers.get("Content-Length", ""))
+        except ValueError:
+            raise RegistryError(f"{self.name}: blob {digest.short()}: no Content-Length") from None
+        return Descriptor("application/octet-stream", digest, size)
 
     @contextlib.contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[BinaryIO]:
@@ -598,6 +590,52 @@ class RegistryStore:
 
 _clients: dict[tuple[str, RegistryOptions], RegistryClient] = {}
 _clients_lock = threading.Lock()
+
+
+def paged_names(client: RegistryClient, path: str, key: str, scopes: tuple[str, ...], name: str, what: str,
+                fail: Callable[[requests.Response, str], Exception] | None = None, noun: str = "list") -> list[str]:
+    """A list the registry serves in pages (``tags/list``, ``_catalog``): ``n`` per page, following
+    ``Link: <...>; rel="next"`` until it ends or repeats. Sorted and without duplicates."""
+    found: list[str] = []
+    url: str | None = path
+    params: dict[str, str] | None = {"n": str(_TAGS_PAGE)}
+    seen_urls: set[str] = set()
+    while url is not None:
+        resp = client.request("GET", url, scopes=scopes, params=params)
+        if resp.status_code != 200:
+            if fail is not None:
+                raise fail(resp, what)
+            message, code = error_message(resp)
+            resp.close()
+            if resp.status_code == 404:
+                raise NotFound(f"{name}: {what}: not supported by this registry (404)")
+            if resp.status_code in (401, 403):
+                raise AuthError(f"{name}: {what}: access denied ({resp.status_code})")
+            raise RegistryError(f"{name}: {what}: {message}", resp.status_code, code)
+        try:
+            doc = load_json(resp.content, what)
+        except ManifestError:
+            raise RegistryError(f"{name}: {noun} is not valid JSON") from None
+        page = doc.get(key) if isinstance(doc, dict) else None
+        found.extend(t for t in page or [] if isinstance(t, str))
+        nxt = resp.links.get("next", {}).get("url")
+        resp.close()
+        if not nxt:
+            break
+        url = urljoin(resp.url, nxt)
+        if url in seen_urls:
+            break
+        seen_urls.add(url)
+        params = None
+    return sorted(set(found))
+
+
+def catalog(registry: str, options: RegistryOptions | None = None) -> list[str]:
+    """The repositories of a registry (``GET /v2/_catalog``, paginated), sorted."""
+    options = options or RegistryOptions()
+    probe = get_registry_store(Reference(registry, "catalog"), options)
+    return paged_names(probe.client, "/v2/_catalog", "repositories", ("registry:catalog:*",), registry, "catalog",
+                       noun="catalog")
 
 
 def get_registry_store(ref: Reference, options: RegistryOptions | None = None) -> RegistryStore:
