@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from support.schemas import DEFAULT_SCHEMA_DIR
 from support.images import write_busybox_image, write_image
 from support.registry import RegistryServer
 from support.tools import run
@@ -22,7 +23,7 @@ from ocibuild.store.layout import LayoutStore
 
 runner = CliRunner()
 
-SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "image-spec-schema"
+SCHEMAS = DEFAULT_SCHEMA_DIR  # shipped in the repository (fixtures/image-spec-schema)
 
 
 def cli(*args: str, env: dict[str, str] | None = None):

@@ -384,3 +384,18 @@ def test_gc_command_imports_no_registry_client_without_remote_work(scratch):
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip().splitlines()[-1] == "False False"
     assert '"removed_blobs": 3' in out.stdout
+
+
+def test_temp_file_of_a_killed_writer_is_removed_and_a_live_ones_kept(scratch):
+    """A lease-less writer (``copy``) killed mid-blob leaves ``.tmp/blob-<pid>-…``: gc removes it at
+    once, not after the temp TTL, while the temp file of a writer that still runs stays."""
+    store = scratch.open_layout()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = store.tmp_dir / f"blob-{dead.pid}-abc"
+    mine = store.tmp_dir / f"blob-{os.getpid()}-def"
+    orphan.write_bytes(b"half a blob")
+    mine.write_bytes(b"being written")
+    report = collect(scratch)
+    assert str(orphan) in report.removed_temp and not orphan.exists()
+    assert mine.exists()

@@ -508,13 +508,22 @@ def _mark_referrers(
                 pending = True
 
 
+def _writer_gone(name: str) -> bool:
+    """A ``blob-<pid>-…`` temp file whose writer process no longer runs (it was killed mid-write)."""
+    from ocibuild.ledger.lease import _pid_alive
+    from ocibuild.store.layout import TEMP_PREFIX
+
+    pid = name[len(TEMP_PREFIX):].split("-", 1)[0] if name.startswith(TEMP_PREFIX) else ""
+    return pid.isdigit() and not _pid_alive(int(pid))
+
+
 def _clean_temp(
     tmp: Path, work: Path, dead: set[str], ts: float, ttl: float, report: GCReport, dry_run: bool
 ) -> None:
     """Temp entries older than the TTL or named after a finished lease; work dirs of finished leases."""
     candidates = [
         Path(entry.path) for entry, age in temp_entries(tmp, ts)
-        if age > ttl or any(entry.name.startswith(lid) for lid in dead)
+        if age > ttl or any(entry.name.startswith(lid) for lid in dead) or _writer_gone(entry.name)
     ]
     if work.is_dir():
         candidates += [Path(e.path) for e in os.scandir(work) if e.name in dead]

@@ -83,6 +83,9 @@ def fallback_tag(digest: Digest) -> str:
     return f"{digest.algorithm}-{digest.encoded}"
 
 
+TEMP_PREFIX = "blob-"
+
+
 class LayoutStore:
     """A Store backed by an OCI image layout directory; safe for concurrent writers in several processes."""
 
@@ -142,8 +145,9 @@ class LayoutStore:
         return tmp
 
     def new_temp_file(self, suffix: str = "") -> tuple[BinaryIO, Path]:
-        """An open temp file in ``.tmp/`` (caller renames or deletes it)."""
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="blob-", suffix=suffix)
+        """An open temp file in ``.tmp/`` (caller renames or deletes it), named after this process so
+        that gc knows the temp file of a writer that was killed (``ocibuild.ledger.gc``)."""
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=suffix)
         return os.fdopen(fd, "w+b"), Path(name)
 
     def _atomic_write(self, target: Path, data: bytes) -> None:
