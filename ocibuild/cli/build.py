@@ -97,6 +97,7 @@ def build(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show phase timings and the whole detection log."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     quiet_flag: bool = typer.Option(False, "--quiet", "-q", help="Print only the digest (also a global option)."),
+    sign_key: Optional[str] = typer.Option(None, "--sign-key", metavar="KEY", help="Sign the image as the last step (cosign format): a PEM or cosign.key file, or env://NAME."),
 ) -> None:
     """Build IMAGE from an app directory with Cloud Native Buildpacks; prints the image digest last."""
     from ocibuild.cnb.errors import DetectFailed
@@ -106,6 +107,10 @@ def build(
 
     opts = global_options(ctx)
     quiet = opts.quiet or quiet_flag
+    if sign_key is not None:  # a bad key fails before anything is built
+        from ocibuild.attest.keys import load_signing_key
+
+        load_signing_key(sign_key)
     try:
         outcome = _run_build(run_build, BuildOptions(
             image=image, path=path, builder=builder, buildpacks=tuple(buildpack), env=_env(env, env_file),
@@ -114,7 +119,7 @@ def build(
             creation_time=_creation_time(creation_time),
             platform=Platform.parse(platform) if platform else None, sbom_output_dir=sbom_output_dir,
             scratch=scratch, descriptor=descriptor, workspace=workspace, layers_dir=layers_dir,
-            default_registry=opts.registry, registry_options=opts.registry_options(),
+            default_registry=opts.registry, registry_options=opts.registry_options(), sign_key=sign_key,
         ), quiet)
     except DetectFailed as err:
         report = _detect_report(err, verbose) if verbose or not quiet else ""

@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ocibuild.cli.build",  # build, rebase
     "ocibuild.cli.builder",  # builder create, builder inspect
     "ocibuild.cli.maintenance",  # gc, fsck, ledger
+    "ocibuild.cli.attest",  # sign, verify, referrers, sbom download, generate-key-pair
 )
 
 

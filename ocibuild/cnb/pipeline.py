@@ -55,6 +55,7 @@ class BuildOptions:
     workspace: str = "/workspace"  # where buildpacks (and the image) see the app
     default_registry: str | None = None
     registry_options: Any = None
+    sign_key: str | None = None  # issue 11: a key path or env://NAME; the image is signed as the last step
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,8 @@ def _build(opts: BuildOptions, dest: Destinations, app: Path, scratch: Any, leas
                                                      gid=export_opts.gid, tmp_dir=work))
         if opts.sbom_output_dir is not None:
             _write_sboms(built, Path(opts.sbom_output_dir))
+        from ocibuild.attest.build import attach_build_attestations, provenance_inputs  # issue 11
+        phases.run("attesting", lambda: attach_build_attestations(target_store, result.descriptor, built, provenance_inputs(opts.image, builder, original_digest, effective, detected.group, run_store, run_id, run_name, app), sign_key=opts.sign_key, lease=lease, say=say))  # issue 11: SBOM + provenance referrers, then the signature
         sizes = {d.digest: d.size for d in (*result.manifest.layers, result.manifest.config)}
         return BuildOutcome(
             image=opts.image, digest=str(result.descriptor.digest), builder_digest=str(original_digest),
