@@ -112,6 +112,8 @@ def build(
     trust_builder: bool = typer.Option(False, "--trust-builder", help="Accepted: every builder's buildpacks run isolated anyway."),
     lifecycle_image: Optional[str] = typer.Option(None, "--lifecycle-image", help="Refused: ocibuild runs no lifecycle image."),
     extension: list[str] = typer.Option([], "--extension", help="Refused: image extensions are not supported yet."),
+    attest: bool = typer.Option(False, "--attest", help="Attach the SBOMs and a SLSA provenance to the image as OCI referrers (also done by --sign-key)."),
+    sign_key: Optional[str] = typer.Option(None, "--sign-key", metavar="KEY", help="Sign the image as the last step (cosign format): a PEM or cosign.key file, or env://NAME."),
 ) -> None:
     """Build IMAGE from an app directory with Cloud Native Buildpacks; prints the image digest last."""
     from ocibuild.cnb.errors import DetectFailed
@@ -127,6 +129,10 @@ def build(
     caches = parse_cache(cache, cache_image=cache_image, cache_dir=cache_dir)
     opts = global_options(ctx)
     quiet = opts.quiet or quiet_flag
+    if sign_key is not None:  # a bad key fails before anything is built
+        from ocibuild.attest.keys import load_signing_key
+
+        load_signing_key(sign_key)
     try:
         outcome = _run_build(run_build, BuildOptions(
             image=image, path=path, builder=builder, buildpacks=tuple(buildpack), env=_env(env, env_file),
@@ -140,6 +146,7 @@ def build(
             scratch=scratch, descriptor=descriptor, workspace=workspace, layers_dir=layers_dir,
             uid=uid, gid=gid, network=network, volumes=tuple(volume), isolation=isolation,
             default_registry=opts.registry, registry_options=opts.registry_options(),
+            sign_key=sign_key, attest=attest,
         ), quiet)
     except DetectFailed as err:
         report = _detect_report(err, verbose) if verbose or not quiet else ""

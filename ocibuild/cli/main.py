@@ -49,6 +49,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ocibuild.cli.crane",  # tag, catalog, blob, export, flatten, validate
     "ocibuild.cli.buildpack",  # buildpack package
     "ocibuild.cli.manifest",  # manifest REF (crane) and manifest create|add|annotate|rm|remove|push|inspect (pack)
+    "ocibuild.cli.attest",  # sign, verify, referrers, sbom download, generate-key-pair
 )
 
 

@@ -80,6 +80,8 @@ class BuildOptions:
     cache_volume: str | None = None  # --cache format=volume: a named cache directory in the scratch dir
     pre_buildpacks: tuple[str, ...] = ()  # before every group (replaces project.toml's pre group)
     post_buildpacks: tuple[str, ...] = ()  # after every group (replaces project.toml's post group)
+    sign_key: str | None = None  # a key path or env://NAME: the image is signed as the last step
+    attest: bool = False  # SBOMs and provenance attached as OCI referrers (implied by sign_key)
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,9 @@ class _Build:
             phases.run("caching", lambda: CachePhase(cache, opts.layers_dir, env.uid, env.gid, self.work).run(env.layers))
         if opts.sbom_output_dir is not None:
             write_sboms(built, Path(opts.sbom_output_dir))
+        if opts.attest or opts.sign_key is not None:
+            phases.run("attesting", lambda: self._attest(target_store, result.descriptor, built, builders,
+                                                         run_source, detected.group))
         sizes = {d.digest: d.size for d in (*result.manifest.layers, result.manifest.config)}
         composed = builders.composed
         return BuildOutcome(
@@ -226,6 +231,16 @@ class _Build:
             uploaded=len(result.uploaded), uploaded_bytes=sum(sizes.get(d, 0) for d in result.uploaded),
             phases=dict(phases.times), gc=None,
         )
+
+    def _attest(self, target: Any, image: Any, built: Any, builders: _Builders, run: RunImageSource,
+                group: Any) -> None:
+        """SBOMs and provenance as referrers of the image, then the signature (``ocibuild.attest``)."""
+        from ocibuild.attest.build import attach_build_attestations, provenance_inputs
+
+        inputs = provenance_inputs(self.opts.image, builders.original, builders.original.digest, builders.effective,
+                                   group, run.store, run.identifier, run.name, self.app)
+        attach_build_attestations(target, image, built, inputs, sign_key=self.opts.sign_key, lease=self.lease,
+                                  say=self.say)
 
     # -- the builder -----------------------------------------------------------------------------------
     def _builders(self, project: Project) -> _Builders:

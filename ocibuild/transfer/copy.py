@@ -8,6 +8,8 @@ preserved; a blob the destination already has is skipped, one on the same regist
 
 from __future__ import annotations
 
+from ocibuild.store.referrers import link_referrer, signature_tag
+
 import contextlib
 import io
 import threading
@@ -327,8 +329,21 @@ class GraphCopier:
                 self.copy_blobs(b for b in sub.blobs.values())
                 for child, child_raw in sub.manifests:
                     self.dst.put_manifest(child, child_raw)
+                    link_referrer(self.dst, child, child_raw)  # a layout lists it under the fallback tag
                     done.add(child.digest)
                     queue.append(child)
+            self._copy_signature_tag(subject)
+
+    def _copy_signature_tag(self, subject: Descriptor) -> None:
+        """cosign's key-pair signatures: a manifest tagged ``sha256-<hex>.sig`` (no ``subject`` field)."""
+        tag = signature_tag(subject.digest)
+        try:
+            desc, raw = self.src.get_manifest(tag)
+        except NotFound:
+            return
+        sub = self.plan(Descriptor(desc.media_type, desc.digest, len(raw)), raw)
+        self.copy_blobs(sub.blobs.values())
+        self.dst.put_manifest(sub.manifests[-1][0], sub.manifests[-1][1], tag=tag)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
