@@ -112,6 +112,8 @@ def build(
     trust_builder: bool = typer.Option(False, "--trust-builder", help="Accepted: every builder's buildpacks run isolated anyway."),
     lifecycle_image: Optional[str] = typer.Option(None, "--lifecycle-image", help="Refused: ocibuild runs no lifecycle image."),
     extension: list[str] = typer.Option([], "--extension", help="Refused: image extensions are not supported yet."),
+    exec_env: str = typer.Option("production", "--exec-env", envvar="CNB_EXEC_ENV", help="Execution environment (CNB_EXEC_ENV): buildpacks, group entries and processes for others are left out."),
+    disable_system_buildpacks: bool = typer.Option(False, "--disable-system-buildpacks", help="Do not add the builder's system buildpacks (/cnb/system.toml) to the groups."),
     attest: bool = typer.Option(False, "--attest", help="Attach the SBOMs and a SLSA provenance to the image as OCI referrers (also done by --sign-key)."),
     sign_key: Optional[str] = typer.Option(None, "--sign-key", metavar="KEY", help="Sign the image as the last step (cosign format): a PEM or cosign.key file, or env://NAME."),
 ) -> None:
@@ -121,6 +123,7 @@ def build(
     from ocibuild.cnb.pipeline import build as run_build
     from ocibuild.oci.descriptor import Platform
 
+    from ocibuild.cnb.execenv import check_name
     from ocibuild.cnb.packflags import parse_cache, parse_pull_policy, refuse
 
     refuse("--lifecycle-image", lifecycle_image, "the lifecycle's phases run in-process, not from an image")
@@ -146,7 +149,8 @@ def build(
             scratch=scratch, descriptor=descriptor, workspace=workspace, layers_dir=layers_dir,
             uid=uid, gid=gid, network=network, volumes=tuple(volume), isolation=isolation,
             default_registry=opts.registry, registry_options=opts.registry_options(),
-            sign_key=sign_key, attest=attest,
+            sign_key=sign_key, attest=attest, exec_env=check_name(exec_env),
+            system_buildpacks=not disable_system_buildpacks,
         ), quiet)
     except DetectFailed as err:
         report = _detect_report(err, verbose) if verbose or not quiet else ""

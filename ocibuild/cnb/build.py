@@ -21,6 +21,8 @@ from typing import Any, Mapping, TextIO
 from ocibuild.cnb.descriptor import BuildpackDescriptor, BuildpackStore, GroupElement, Target, escape_id
 from ocibuild.cnb.env import BuildEnv, EnvOp, LaunchEnv, build_layer_ops, launch_layer_ops
 from ocibuild.cnb.errors import BuildpackError
+from ocibuild.cnb.execenv import DEFAULT as DEFAULT_EXEC_ENV
+from ocibuild.cnb.execenv import applies
 from ocibuild.cnb.launch import (
     RESERVED_TOML,
     Label,
@@ -121,7 +123,7 @@ def build(
     runner = _Runner(sandbox or DIRECT, Path(platform_dir).absolute(), Path(app_dir).absolute(),
                      Path(build_config_dir).absolute() if build_config_dir is not None else None,
                      target or Target(), exec_env, output if output is not None else sys.stderr, tmp_dir, owner)
-    acc = _Accumulated(BuildEnv(env), plan)
+    acc = _Accumulated(BuildEnv(env), plan, exec_env)
     layers_dir = Path(layers_dir).absolute()
     for element in group:
         desc = store.lookup(element.id, element.version)
@@ -177,8 +179,8 @@ class _Runner:
 class _Accumulated:
     """What the buildpacks built so far: the build env later ones see, the plan left, the results."""
 
-    def __init__(self, build_env: BuildEnv, plan: Plan):
-        self.build_env, self.remaining = build_env, plan
+    def __init__(self, build_env: BuildEnv, plan: Plan, exec_env: str = DEFAULT_EXEC_ENV):
+        self.build_env, self.remaining, self.exec_env = build_env, plan, exec_env
         self.results: list[BuildpackResult] = []
         self.processes: dict[str, Process] = {}
         self.default_type: str | None = None
@@ -201,7 +203,8 @@ class _Accumulated:
         self.remaining = self.remaining.filter(frozenset(met))
         sbom = collect_sbom_files(bp_dir, bp, {layer.name: layer.metadata for layer in layers}, desc.sbom_formats)
         launch = read_launch_toml(bp_dir / "launch.toml", api, bp)
-        for proc in launch.processes:
+        processes = tuple(p for p in launch.processes if applies(p.exec_env, self.exec_env))  # others not exported
+        for proc in processes:
             if proc.default:
                 self.default_type = proc.type
             elif proc.type == self.default_type:
@@ -212,7 +215,7 @@ class _Accumulated:
             self.labels[label.key] = label
         self.slices.extend(launch.slices)
         self.results.append(BuildpackResult(
-            element=element, layers_dir=bp_dir, layers=layers, processes=launch.processes, labels=launch.labels,
+            element=element, layers_dir=bp_dir, layers=layers, processes=processes, labels=launch.labels,
             slices=launch.slices, met_requires=met, store=read_store_toml(bp_dir / "store.toml", bp),
             sbom_files=sbom,
         ))

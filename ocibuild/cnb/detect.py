@@ -23,6 +23,7 @@ from ocibuild.cnb.descriptor import (
     Target,
 )
 from ocibuild.cnb.env import BuildEnv
+from ocibuild.cnb.execenv import applies
 from ocibuild.cnb.errors import DetectErrored, DetectFailed
 from ocibuild.cnb.plan import BuildPlan, Plan, PlanError, Unresolvable, read_build_plan, resolve
 from ocibuild.cnb.sandbox import DIRECT, Owner, Sandbox, give, phase_dir
@@ -105,6 +106,8 @@ class _Detector:
         for i, element in enumerate(elements):
             if any(d.id == element.id for d in done):
                 continue
+            if not applies(element.exec_env, self.exec_env):  # an entry for another environment
+                continue
             desc = self.store.lookup(element.id, element.version)
             if desc.is_composite:
                 return self.detect_order(desc.order, done, elements[i + 1 :], element.optional)
@@ -121,6 +124,10 @@ class _Detector:
                     )
                 else:
                     done.pop()
+                continue
+            if not applies(desc.exec_env, self.exec_env):
+                self.runs[key] = DetectRun(member, CODE_FAIL, f"buildpack {member} is not for exec-env "
+                                           f"{self.exec_env} (it declares {', '.join(desc.exec_env)})\n")
                 continue
             self.runs[key] = self.run_detect(desc, member)
         return self.resolve(done)

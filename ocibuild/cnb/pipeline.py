@@ -82,6 +82,8 @@ class BuildOptions:
     post_buildpacks: tuple[str, ...] = ()  # after every group (replaces project.toml's post group)
     sign_key: str | None = None  # a key path or env://NAME: the image is signed as the last step
     attest: bool = False  # SBOMs and provenance attached as OCI referrers (implied by sign_key)
+    exec_env: str = "production"  # pack's --exec-env: CNB_EXEC_ENV, and what exec-env filters keep
+    system_buildpacks: bool = True  # the builder's /cnb/system.toml pre/post buildpacks (pack: --disable-system-buildpacks)
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,8 @@ class _Build:
         rootfs = phases.run("extracting build image", lambda: self._rootfs(builders))
         env = self._environment(builders.effective, rootfs, project, cleanup)
         run_source, target = self._run_image(builders)
-        detected = phases.run("detecting", DetectPhase(env, _effective_order(builders.effective), target).run)
+        detected = phases.run("detecting", DetectPhase(env, _effective_order(builders.effective), target,
+                                                                opts.exec_env).run)
         group_names = tuple(f"{e.id}@{e.version}" for e in detected.group)
         self.say("group: " + ", ".join(group_names))
 
@@ -210,7 +213,7 @@ class _Build:
         cache = _cache(opts, self.scratch)
         if not opts.clear_cache:
             phases.run("restoring", lambda: RestorePhase(env, cache, previous, opts.layers_dir).run(detected.group))
-        built = phases.run("building", lambda: BuildPhase(env, target).run(detected.group, detected.plan))
+        built = phases.run("building", lambda: BuildPhase(env, target, opts.exec_env).run(detected.group, detected.plan))
 
         export = ExportPhase(target_store, self.dest.image.identifier, run_source,
                              self._export_options(env, rootfs, project, target_store), previous)
@@ -438,7 +441,7 @@ def _project(opts: BuildOptions, app: Path) -> Project:
     path = opts.descriptor if opts.descriptor is not None else app / "project.toml"
     if opts.descriptor is None and not path.is_file():
         return Project()
-    return load_project(Path(path))
+    return load_project(Path(path), opts.exec_env)
 
 
 def _effective_order(b: Builder) -> Order:

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ocibuild.cnb.execenv import DEFAULT as DEFAULT_EXEC_ENV
+from ocibuild.cnb.execenv import applies
 from ocibuild.errors import UsageError
 
-SCHEMA_VERSIONS = frozenset({"0.1", "0.2"})
+SCHEMA_VERSIONS = frozenset({"0.1", "0.2", "0.3"})  # 0.3: exec-env on group and build env entries
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ def _matches(patterns: tuple[str, ...], rel_path: str, is_dir: bool) -> bool:
     return matched
 
 
-def load_project(path: Path) -> Project:
+def load_project(path: Path, exec_env: str = DEFAULT_EXEC_ENV) -> Project:
+    """project.toml; entries whose ``exec-env`` (schema 0.3) is not ``exec_env`` are left out."""
     try:
         doc = tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
@@ -117,11 +120,12 @@ def load_project(path: Path) -> Project:
     for table in env_tables:
         if not isinstance(table, dict) or not isinstance(table.get("name"), str):
             raise UsageError(f"{path}: every build env entry needs a name")
-        env[table["name"]] = str(table.get("value", ""))
+        if applies(_exec_envs(table, path), exec_env):
+            env[table["name"]] = str(table.get("value", ""))
     base = path.parent.absolute()
-    buildpacks = _group(groups, path, base, "group")
-    pre = _group(_addition(build, "pre", path), path, base, "pre.group")
-    post = _group(_addition(build, "post", path), path, base, "post.group")
+    buildpacks = _group(groups, path, base, "group", exec_env)
+    pre = _group(_addition(build, "pre", path), path, base, "pre.group", exec_env)
+    post = _group(_addition(build, "post", path), path, base, "post.group", exec_env)
     builder = build.get("builder")
     if builder is not None and (not isinstance(builder, str) or not builder):
         raise UsageError(f"{path}: builder must be an image reference")
@@ -139,13 +143,26 @@ def _addition(build: Mapping[str, Any], name: str, path: Path) -> list[Any]:
     return table.get("group") or []
 
 
-def _group(tables: Any, path: Path, base: Path, where: str) -> tuple[str, ...]:
+def _exec_envs(table: Mapping[str, Any], path: Path) -> tuple[str, ...]:
+    """An entry's ``exec-env``: one name (RFC 0128's project.toml) or a list of names."""
+    value = table.get("exec-env")
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise UsageError(f"{path}: exec-env must be a name or a list of names")
+    return tuple(names)
+
+
+def _group(tables: Any, path: Path, base: Path, where: str, exec_env: str = DEFAULT_EXEC_ENV) -> tuple[str, ...]:
     if not isinstance(tables, list):
         raise UsageError(f"{path}: {where} must be a list of buildpack tables")
     out: list[str] = []
     for table in tables:
         if not isinstance(table, dict):
             raise UsageError(f"{path}: buildpack entries must be tables")
+        if not applies(_exec_envs(table, path), exec_env):
+            continue
         if table.get("script"):
             raise UsageError(f"{path}: {where} entry {table.get('id') or '?'}: inline script buildpacks "
                              "are not supported by ocibuild")

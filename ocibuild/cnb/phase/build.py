@@ -9,6 +9,7 @@ from pathlib import Path
 from ocibuild.cnb.build import BuildResult, build
 from ocibuild.cnb.descriptor import GroupElement, Target, escape_id
 from ocibuild.cnb.environment import BuildEnvironment
+from ocibuild.cnb.execenv import DEFAULT as DEFAULT_EXEC_ENV
 from ocibuild.cnb.plan import Plan
 
 
@@ -16,11 +17,12 @@ from ocibuild.cnb.plan import Plan
 class BuildPhase:
     environment: BuildEnvironment
     target: Target
+    exec_env: str = DEFAULT_EXEC_ENV  # CNB_EXEC_ENV; processes for other environments are not exported
 
     def run(self, group: tuple[GroupElement, ...], plan: Plan) -> BuildResult:
         env = self.environment
         return build(group, plan, env.layers, env.workspace, env.platform, buildpacks_dir=env.buildpacks,
-                     env=env.image_env, target=self.target, build_config_dir=env.build_config,
+                     env=env.image_env, target=self.target, build_config_dir=env.build_config, exec_env=self.exec_env,
                      sandbox=env.sandbox, tmp_dir=env.io, owner=env.owner)
 
 

@@ -9,6 +9,7 @@ import tomli_w
 from ocibuild.cnb.descriptor import GroupElement, Order, Target
 from ocibuild.cnb.detect import DetectResult, detect
 from ocibuild.cnb.environment import BuildEnvironment
+from ocibuild.cnb.execenv import DEFAULT as DEFAULT_EXEC_ENV
 from ocibuild.cnb.sandbox import give
 
 
@@ -17,11 +18,13 @@ class DetectPhase:
     environment: BuildEnvironment
     order: Order
     target: Target  # buildpack [[targets]] are checked against it (Platform API 0.12)
+    exec_env: str = DEFAULT_EXEC_ENV  # CNB_EXEC_ENV (Platform API 0.15): entries for other environments are skipped
 
     def run(self) -> DetectResult:
         env = self.environment
         result = detect(self.order, env.buildpacks, env.workspace, env.platform, env=env.image_env,
-                        target=self.target, sandbox=env.sandbox, check_targets=True,
+                        target=self.target, build_config_dir=env.build_config, exec_env=self.exec_env,
+                        sandbox=env.sandbox, check_targets=True,
                         tmp_dir=env.io, owner=env.owner)
         write_group(env, result.group)
         return result
