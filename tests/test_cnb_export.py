@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cnb_export_support import make_layers_dir, make_run_image
+from ocibuild.cnb.apis import PLATFORM_API
 from ocibuild.cnb.descriptor import GroupElement
 from ocibuild.cnb.export import ExportError, ExportOptions, RunImageSource, export, previous_metadata, read_build_output
 from ocibuild.store.base import load_config, load_manifest
@@ -86,7 +87,7 @@ def test_layer_order_labels_and_config(tmp_path: Path) -> None:
     env = dict(e.split("=", 1) for e in cfg["Env"])
     assert env["PATH"] == "/cnb/process:/cnb/lifecycle:/usr/local/bin:/usr/bin:/bin"
     assert env["CNB_LAYERS_DIR"] == "/layers" and env["CNB_APP_DIR"] == "/workspace"
-    assert env["CNB_PLATFORM_API"] == "0.12" and env["CNB_DEPRECATION_MODE"] == "quiet"
+    assert env["CNB_PLATFORM_API"] == PLATFORM_API == "0.15" and env["CNB_DEPRECATION_MODE"] == "quiet"
     assert list(cfg["Entrypoint"]) == ["/cnb/process/web"] and not cfg.get("Cmd")
     assert cfg["WorkingDir"] == "/workspace"
 

@@ -509,7 +509,7 @@ def warm(tmp_path: Path, app: Path) -> Path:
     ('[[extensions]]\nid = "ext/x"\nuri = "./ext"\n', "[[extensions]]"),
     ('[[order-extensions]]\n[[order-extensions.group]]\nid = "ext/x"\n', "[[order-extensions]]"),
     ('[[targets]]\nos = "linux"\narch = "arm64"\n', "[[targets]]"),
-    ('[system.pre]\nbuildpacks = [{ id = "x/y" }]\n', "[system]"),
+    ('[system.pre]\nbuildpacks = [{ id = "x/y" }]\n', "system buildpack x/y needs a version"),
     ('[lifecycle]\nversion = "0.20.1"\n', "[lifecycle] version"),
     ('[[build.env]]\nname = "A"\nvalue = "1"\nexec-env = ["test"]\n', "build.env.exec-env"),
 ])

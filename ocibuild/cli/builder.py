@@ -79,6 +79,15 @@ def inspect(
     for kind, key in (("Buildpack APIs", "buildpack_apis"), ("Platform APIs", "platform_apis")):
         emit(f"  {kind}:\n    Deprecated: {', '.join(life[key]['deprecated']) or '(none)'}"
              f"\n    Supported: {', '.join(life[key]['supported']) or '(none)'}")
+    native = info["native_lifecycle"]
+    emit(f"Native lifecycle (ocibuild {native['version']}, runs the builds; Platform API {native['platform-api']}):")
+    for kind, key in (("Buildpack APIs", "buildpack"), ("Platform APIs", "platform")):
+        emit(f"  {kind}:\n    Supported: {', '.join(native['apis'][key]['supported'])}")
+    for phase in ("pre", "post"):
+        if info["system_buildpacks"][phase]:
+            emit(f"System Buildpacks ({phase}):")
+            for ref_ in info["system_buildpacks"][phase]:
+                emit(f"  {ref_.get('id')}@{ref_.get('version', '')}" + ("    (optional)" if ref_.get("optional") else ""))
     emit("Buildpacks:")
     if not info["buildpacks"]:
         emit("  (none)")

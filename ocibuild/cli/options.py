@@ -23,6 +23,12 @@ try:  # typer >= 0.28 carries its own click
 except ImportError:  # pragma: no cover - older typer runs on click itself
     from click import get_current_context
 
+def env_insecure_registries() -> tuple[str, ...]:
+    """``CNB_INSECURE_REGISTRIES`` (Platform API 0.13): comma-separated hosts, added to
+    ``--insecure-registry`` as the lifecycle adds them to its own."""
+    return tuple(h.strip() for h in os.environ.get("CNB_INSECURE_REGISTRIES", "").split(",") if h.strip())
+
+
 #: Where the merged options of the running command are kept (``ctx.meta`` is shared by the whole chain).
 META_KEY = "ocibuild.global_options"
 
@@ -40,7 +46,8 @@ class GlobalOptions:
         from ocibuild.oci.reference import normalize_registry
         from ocibuild.store.options import RegistryOptions
 
-        insecure = frozenset(normalize_registry(h) for h in self.insecure_registries)
+        hosts = (*self.insecure_registries, *env_insecure_registries())
+        insecure = frozenset(normalize_registry(h) for h in hosts)
         return RegistryOptions(insecure=insecure, ca_cert=self.ca_cert)
 
     def store_args(self) -> dict[str, Any]:
@@ -76,7 +83,7 @@ def check_ca_cert(ca_cert: str | None) -> None:
 
 # Help texts shared by the root callback and the injected copies, so both places say the same.
 REGISTRY_HELP = "Registry for short image names (default: Docker Hub)."
-INSECURE_HELP = "Speak plain HTTP / skip TLS checks to HOST (repeatable)."
+INSECURE_HELP = "Speak plain HTTP / skip TLS checks to HOST (repeatable; CNB_INSECURE_REGISTRIES adds a comma-separated list)."
 CA_CERT_HELP = "Extra CA certificate(s) to trust."
 DEBUG_HELP = "Show tracebacks on errors."
 QUIET_HELP = "No progress bars or notes."

@@ -272,6 +272,8 @@ def open_builder(
 
 def inspect_builder(builder: Builder) -> dict[str, Any]:
     """What ``pack builder inspect`` shows, as plain data (the CLI prints it or dumps it as JSON)."""
+    from ocibuild.cnb.apis import declared as declared_apis
+
     meta = builder.metadata
     apis = meta.lifecycle_apis
     buildpacks = []
@@ -293,6 +295,8 @@ def inspect_builder(builder: Builder) -> dict[str, Any]:
             "buildpack_apis": {"deprecated": list(apis.buildpack_deprecated), "supported": list(apis.buildpack_supported)},
             "platform_apis": {"deprecated": list(apis.platform_deprecated), "supported": list(apis.platform_supported)},
         },
+        "native_lifecycle": declared_apis(),  # what ocibuild itself runs the builds with
+        "system_buildpacks": _system_label(builder.labels),
         "buildpacks": buildpacks,
         "detection_order": [
             {"group": [dict(ref.to_dict(), optional=ref.optional) for ref in group]} for group in builder.order
@@ -300,6 +304,18 @@ def inspect_builder(builder: Builder) -> dict[str, Any]:
         "uid": builder.uid,
         "gid": builder.gid,
     }
+
+
+def _system_label(labels: Mapping[str, str]) -> dict[str, Any]:
+    """``io.buildpacks.buildpack.system`` as ``{"pre": [...], "post": [...]}`` (empty lists when absent)."""
+    from ocibuild.cnb.system import LABEL
+
+    try:
+        doc = json.loads(labels.get(LABEL) or "{}")
+    except ValueError:  # a malformed label names no system buildpacks; builds read /cnb/system.toml
+        doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+    return {phase: list((doc.get(phase) or {}).get("buildpacks") or []) for phase in ("pre", "post")}
 
 
 def label_text(value: Any) -> str:

@@ -3,10 +3,10 @@
 Fields read (buildpacks/pack:builder/config_reader.go): ``description``, ``[[buildpacks]]`` (``uri``
 or ``image``), ``[[order]]``/``[[order.group]]``, ``[stack]`` (``id``, ``build-image``,
 ``run-image``, ``run-image-mirrors``), ``[build] image`` and ``[[build.env]]``, ``[[run.images]]``,
-``[lifecycle] uri`` (a lifecycle tgz: a path, or an ``http(s)://`` URL fetched as buildpack URLs are,
+``[system]`` pre/post buildpacks, ``[lifecycle] uri`` (a lifecycle tgz: a path, or an ``http(s)://`` URL fetched as buildpack URLs are,
 see ``cnb/fetch.py``). Relative URIs are relative to
 the directory of the builder.toml. Anything else (``[[extensions]]``, ``[[order-extensions]]``,
-``[[targets]]``, ``[system]``, ``[lifecycle] version`` without a ``uri``...) is refused in one line
+``[[targets]]``, ``[lifecycle] version`` without a ``uri``...) is refused in one line
 naming it: a builder that silently lacks what its config asks for is worse than none.
 """
 
@@ -23,6 +23,7 @@ from ocibuild.cnb.buildpack import Buildpack, dedupe, load_buildpacks
 from ocibuild.cnb.builder import RunImage, open_builder
 from ocibuild.cnb.compose import BuildConfigEnv, ComposeResult, Lifecycle, compose_builder, publish_builder
 from ocibuild.cnb.descriptor import Order, parse_order, decode_text
+from ocibuild.cnb.system import SystemBuildpacks, parse_system
 from ocibuild.errors import UsageError
 from ocibuild.oci.descriptor import Descriptor, Platform
 
@@ -48,6 +49,7 @@ class BuilderConfig:
     stack_run_image: RunImage | None
     lifecycle_uri: str
     lifecycle_version: str
+    system: SystemBuildpacks = SystemBuildpacks()
 
     @property
     def base_dir(self) -> Path:
@@ -74,11 +76,11 @@ _KNOWN: Mapping[str, frozenset[str] | None] = {
     "description": None, "buildpacks": frozenset({"uri", "image", "id", "version"}), "order": None,
     "stack": frozenset({"id", "build-image", "run-image", "run-image-mirrors"}),
     "build": frozenset({"image", "env"}), "run": frozenset({"images"}), "lifecycle": frozenset({"uri", "version"}),
+    "system": None,  # checked by parse_system
 }
 _WHY = {
     "extensions": "image extensions are not run", "order-extensions": "image extensions are not run",
     "targets": "one builder per --platform: run builder create once per platform",
-    "system": "system buildpacks are not added to the order",
 }
 
 
@@ -163,6 +165,7 @@ def read_builder_config(path: str | os.PathLike[str]) -> BuilderConfig:
         stack_run_image=stack_run,
         lifecycle_uri=_str(lifecycle.get("uri"), "lifecycle.uri"),
         lifecycle_version=_str(lifecycle.get("version"), "lifecycle.version"),
+        system=parse_system(doc.get("system"), where),
     )
 
 
@@ -227,15 +230,19 @@ def create_builder(
         raise UsageError(f"{config.build_image}: name an image (oci:DIR:TAG)")
     base = open_builder(base_store, identifier, platform=platform, name=config.build_image, require_metadata=False)
     ref = parse_reference(target, default_registry)
+    buildpacks = config_buildpacks(config, platform, options, default_registry)
+    on_builder = {(str(b.get("id")), str(b.get("version"))) for b in base.metadata.raw.get("buildpacks") or []}
+    config.system.check_present(on_builder | {(bp.id, bp.version) for bp in buildpacks})  # before any write
     target_store = open_parsed(ref, options, for_write=True)
     kwargs: dict[str, Any] = dict(
-        buildpacks=config_buildpacks(config, platform, options, default_registry),
+        buildpacks=buildpacks,
         order=config.order,
         lifecycle=config_lifecycle(config),
         description=config.description,
         run_images=config.run_images,
         stack_run_image=config.stack_run_image,
         build_config_env=config.build_env,
+        system=config.system,
         validate=True,
         before_publish=before_publish,
     )

@@ -39,6 +39,9 @@ from ocibuild.cnb.builder import (
     thaw,
 )
 from ocibuild.cnb.descriptor import Group, GroupElement, Order, order_to_json
+from ocibuild.cnb.system import LABEL as SYSTEM_LABEL
+from ocibuild.cnb.system import PATH as SYSTEM_PATH
+from ocibuild.cnb.system import SystemBuildpacks
 from ocibuild.cnb.errors import BuildpackNotFound, IncompatibleBuildpackAPI
 from ocibuild.errors import UsageError
 from ocibuild.layer import TarEntry, TarOptions, write_layer
@@ -338,6 +341,7 @@ def compose_builder(
     run_images: Sequence[RunImage] | None = None,
     stack_run_image: RunImage | None = None,
     build_config_env: Sequence[BuildConfigEnv] = (),
+    system: SystemBuildpacks | None = None,
     validate: bool = False,
     tag: str | None = "",
 ) -> ComposeResult:
@@ -353,7 +357,7 @@ def compose_builder(
     env = dict(env or {})
     replace_order = order is not None and bool(order) and bool(order.groups[0])
     needed = bool(bps or env or replace_order or run_image or lifecycle or run_images or stack_run_image
-                  or build_config_env or description is not None)
+                  or build_config_env or system or description is not None)
     if not needed:
         return ComposeResult(builder.descriptor, builder.manifest, builder.config, (), False, None, builder, builder.store)
     for name in env:
@@ -385,6 +389,10 @@ def compose_builder(
         if replace_order:  # 4. order
             assert order is not None
             layers.order(order)
+        if system:  # 4b. system buildpacks (Platform API 0.15)
+            system.check_present({(str(b.get("id")), str(b.get("version"))) for b in meta["buildpacks"] or []})
+            layers.add([TarEntry.file(SYSTEM_PATH.lstrip("/"), system.toml().encode())])
+            layers.labels[SYSTEM_LABEL] = system.label()
         stack_run = RunImage.from_dict((meta["stack"] or {}).get("runImage"))  # 5. stack.toml and run.toml
         images = [RunImage.from_dict(i) for i in meta["images"] or []]
         layers.add([TarEntry.file("cnb/stack.toml", stack_toml(stack_run, images).encode())])

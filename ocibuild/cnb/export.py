@@ -22,8 +22,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 import tomli_w
 
+from ocibuild.cnb.apis import LABEL as APIS_LABEL
+from ocibuild.cnb.apis import PLATFORM_API
+from ocibuild.cnb.apis import label as apis_label
 from ocibuild.cnb.descriptor import GroupElement, escape_id, parse_group_element
 from ocibuild.cnb.errors import DescriptorError, ExportError
+from ocibuild.cnb.execenv import applies
 from ocibuild.cnb.launcher import PROCESS_TABLE_NAME, LaunchProcess, launcher_bytes, render_process_table
 from ocibuild.errors import ManifestError, UsageError
 from ocibuild.layer import write_layer
@@ -38,6 +42,7 @@ from ocibuild.store.base import Store, load_config, load_manifest
 LIFECYCLE_LABEL = "io.buildpacks.lifecycle.metadata"
 BUILD_LABEL = "io.buildpacks.build.metadata"
 PROJECT_LABEL = "io.buildpacks.project.metadata"
+EXEC_ENV_LABEL = "io.buildpacks.exec-env"
 NORMALIZED_CREATED = "1980-01-01T00:00:01Z"
 LAUNCHER_PATH = "/cnb/lifecycle/launcher"
 PROCESS_DIR = "/cnb/process"
@@ -109,6 +114,7 @@ def _process(raw: Mapping[str, Any], bp_id: str) -> LaunchProcess:
         default=bool(raw.get("default", False)),
         buildpack_id=str(raw.get("buildpack-id", bp_id)),
         working_dir=str(raw.get("working-dir", "") or ""),
+        exec_env=tuple(str(e) for e in raw.get("exec-env", []) or []),
     )
 
 
@@ -120,8 +126,9 @@ def _group_element(table: Any, where: str) -> GroupElement:
     return element if element.api else replace(element, api=DEFAULT_GROUP_API)
 
 
-def read_build_output(layers_dir: str | os.PathLike[str]) -> BuildOutput:
-    """Read the lifecycle's on-disk format: ``group.toml``, ``config/metadata.toml`` or the launch.tomls."""
+def read_build_output(layers_dir: str | os.PathLike[str], exec_env: str | None = None) -> BuildOutput:
+    """Read the lifecycle's on-disk format: ``group.toml``, ``config/metadata.toml`` or the launch.tomls;
+    with ``exec_env``, launch.toml processes for other environments are left out (Buildpack API 0.12)."""
     layers = Path(layers_dir)
     group_doc = _read_toml(layers / "group.toml")
     meta_path = layers / "config" / "metadata.toml"
@@ -145,6 +152,8 @@ def read_build_output(layers_dir: str | os.PathLike[str]) -> BuildOutput:
             launch = _read_toml(layers / escape_id(bp.id) / "launch.toml")
             for raw in launch.get("processes", []):
                 proc = _process(raw, bp.id)
+                if exec_env is not None and not applies(proc.exec_env, exec_env):
+                    continue
                 by_type[proc.type] = proc
                 if proc.default:
                     default = proc.type
@@ -286,7 +295,8 @@ class RunImageSource:
 class ExportOptions:
     layers_dir: Path
     app_dir: Path
-    platform_api: str = "0.12"
+    platform_api: str = PLATFORM_API
+    exec_env: str = "production"  # CNB_EXEC_ENV of the build: the io.buildpacks.exec-env label (Platform API 0.15)
     uid: int = 1000
     gid: int = 1000
     default_process: str | None = None
@@ -363,6 +373,7 @@ def _metadata_toml(build: BuildOutput, default: str | None) -> bytes:
         "processes": [
             {"type": p.type, "command": list(p.command), "args": list(p.args), "direct": p.direct,
              "buildpack-id": p.buildpack_id} | ({"working-dir": p.working_dir} if p.working_dir else {})
+            | ({"exec-env": list(p.exec_env)} if p.exec_env else {})
             for p in build.processes
         ],
     }
@@ -417,7 +428,7 @@ def export(
     the buildpack kept without content (only ``<layer>.toml``) is reused from it by diffID.
     """
     say = progress or (lambda _msg: None)
-    build = read_build_output(options.layers_dir)
+    build = read_build_output(options.layers_dir, options.exec_env)
     check_default_process(build, options.default_process)
     run_desc, run_manifest, run_config = _run_image(run)
     work = Path(tempfile.mkdtemp(prefix="ocibuild-export-", dir=options.tmp_dir))
@@ -569,6 +580,7 @@ class _Assembly:
             "processes": [
                 {"type": p.type, "command": list(p.command), "args": list(p.args), "direct": p.direct,
                  "buildpackID": p.buildpack_id} | ({"working-dir": p.working_dir} if p.working_dir else {})
+                | ({"exec-env": list(p.exec_env)} if p.exec_env else {})
                 for p in build.processes
             ],
         }
@@ -600,6 +612,8 @@ class _Assembly:
         labels[LIFECYCLE_LABEL] = canonical_json(self.lifecycle_md).decode()
         labels[BUILD_LABEL] = canonical_json(self.build_md()).decode()
         labels[PROJECT_LABEL] = canonical_json(dict(opts.project_metadata or {})).decode()
+        labels[EXEC_ENV_LABEL] = opts.exec_env
+        labels[APIS_LABEL] = apis_label()
         cfg["Labels"] = labels
         doc["created"] = created
         history = [dict(h) for h in (doc.get("history") or [])]

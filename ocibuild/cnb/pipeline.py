@@ -195,6 +195,9 @@ class _Build:
         from ocibuild.cnb.phase import BuildPhase, CachePhase, DetectPhase, ExportPhase, RestorePhase
         from ocibuild.cnb.phase.build import write_sboms
         from ocibuild.cnb.recorded import Recorded
+        from ocibuild.cnb.runimage import with_build_os_release
+        from ocibuild.cnb.system import PATH as SYSTEM_TOML
+        from ocibuild.cnb.system import read_system_toml
         from ocibuild.store.open import open_parsed
 
         opts, phases = self.opts, self.phases
@@ -203,8 +206,12 @@ class _Build:
         rootfs = phases.run("extracting build image", lambda: self._rootfs(builders))
         env = self._environment(builders.effective, rootfs, project, cleanup)
         run_source, target = self._run_image(builders)
-        detected = phases.run("detecting", DetectPhase(env, _effective_order(builders.effective), target,
-                                                                opts.exec_env).run)
+        os_release = rootfs.read_text("/etc/os-release") or rootfs.read_text("/usr/lib/os-release")
+        target = with_build_os_release(target, os_release)
+        order = _effective_order(builders.effective)
+        if opts.system_buildpacks:
+            order = read_system_toml(rootfs.read_text(SYSTEM_TOML)).around(order)
+        detected = phases.run("detecting", DetectPhase(env, order, target, opts.exec_env).run)
         group_names = tuple(f"{e.id}@{e.version}" for e in detected.group)
         self.say("group: " + ", ".join(group_names))
 
@@ -326,15 +333,12 @@ class _Build:
         from ocibuild.cnb.runimage import platform_manifest, qualified, run_image_record, target_of
 
         opts = self.opts
-        run_name = opts.run_image or next((r.image for r in builders.effective.run_images), "")
         if builders.default_run is not None and not opts.run_image:
+            run_name = next((r.image for r in builders.effective.run_images), "")
             run_store, run_id = builders.default_run
+            run_id = platform_manifest(run_store, run_id, opts.platform)
         else:
-            if not run_name:
-                raise UsageError(f"builder {builders.original.name} names no run image: pass --run-image")
-            run_store, ident = _open(run_name, opts)
-            run_id = ident or "latest"
-        run_id = platform_manifest(run_store, run_id, opts.platform)
+            run_name, run_store, run_id = self._readable_run_image(builders)
         target = target_of(run_store, run_id)
         if run_name:
             name, mirrors = run_image_record(builders.original, run_name, opts.default_registry)
@@ -344,6 +348,34 @@ class _Build:
             source = RunImageSource(run_store, run_id, run_id)
         return source, target
 
+    def _readable_run_image(self, builders: _Builders) -> tuple[str, Store, str]:
+        """``--run-image``, else the first readable of run.toml's image and mirrors, the app
+        registry's first (``run_image_candidates``); the first one's error when none can be read."""
+        from ocibuild.cnb.runimage import platform_manifest, run_image_candidates
+        from ocibuild.errors import OCIBuildError
+
+        opts = self.opts
+        entries = builders.effective.run_images
+        if opts.run_image:
+            names: tuple[str, ...] = (opts.run_image,)
+        elif entries:
+            names = run_image_candidates(entries[0], getattr(self.dest.image, "registry", None), opts.default_registry)
+        else:
+            names = ()
+        if not names:
+            raise UsageError(f"builder {builders.original.name} names no run image: pass --run-image")
+        first: OCIBuildError | None = None
+        for name in names:
+            try:
+                store, ident = _open(name, opts)
+                return name, store, platform_manifest(store, ident or "latest", opts.platform)
+            except OCIBuildError as exc:
+                first = first or exc
+                if len(names) > 1:
+                    self.say(f"run image {name} cannot be read ({exc}); trying the next")
+        assert first is not None
+        raise first
+
     def _export_options(self, env: BuildEnvironment, rootfs: RootFS, project: Project, target_store: Any) -> Any:
         from ocibuild.cnb.export import ExportOptions
 
@@ -351,6 +383,7 @@ class _Build:
         return ExportOptions(
             launcher=rootfs.find("/cnb/lifecycle/launcher"), layers_dir=env.layers, app_dir=env.workspace,
             uid=env.uid, gid=env.gid, default_process=opts.default_process, creation_time=opts.creation_time,
+            exec_env=opts.exec_env,
             tmp_dir=getattr(target_store, "tmp_dir", None) or self.work, extra_tags=self.dest.same_tags,
             project_metadata=project.metadata_label, image_layers_dir=opts.layers_dir,
             layer_memo_dir=self.scratch.cache_path / "layer-memo", image_app_dir=opts.workspace,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import secrets
 import shutil
 import stat
@@ -61,8 +62,15 @@ class RootFS:
         return None
 
     def read_text(self, path: str, limit: int = 1 << 20) -> str | None:
+        """A file's text; a symlink is followed as the image sees it (``/etc/os-release`` is one),
+        never out of the image's layers."""
         found = self.find(path)
-        if found is None or not found.is_file():
+        for _ in range(8):
+            if found is None or not found.is_symlink():
+                break
+            path = posixpath.normpath(posixpath.join(posixpath.dirname("/" + path.lstrip("/")), os.readlink(found)))
+            found = self.find(path)
+        if found is None or found.is_symlink() or not found.is_file():
             return None
         with open(found, "rb") as fh:
             return fh.read(limit).decode("utf-8", "replace")

@@ -42,13 +42,17 @@ def _rootfs_entries(uid: int, gid: int) -> list[TarEntry]:
     return entries
 
 
-def _base_image(store: LayoutStore, tag: str, uid: int, gid: int) -> None:
+DISTRO_LABELS = {"io.buildpacks.base.distro.name": "probeos"}
+
+
+def _base_image(store: LayoutStore, tag: str, uid: int, gid: int, labels: dict[str, str] | None = None) -> None:
+    """The busybox image; ``labels`` replace the distro label (``{}``: target data from os-release only)."""
     layer = write_layer(_rootfs_entries(uid, gid), tmp_dir=store.tmp_dir)
     store.put_blob_file(layer.descriptor, layer.path)
     config = ImageConfig.build({
         "architecture": "amd64", "os": "linux", "created": "1980-01-01T00:00:01Z",
         "config": {"Env": [f"PATH={IMAGE_PATH}", f"CNB_USER_ID={uid}", f"CNB_GROUP_ID={gid}"],
-                   "User": f"{uid}:{gid}", "Labels": {"io.buildpacks.base.distro.name": "probeos"}},
+                   "User": f"{uid}:{gid}", "Labels": DISTRO_LABELS if labels is None else labels},
         "rootfs": {"type": "layers", "diff_ids": [str(layer.diff_id)]},
         "history": [{"created": "1980-01-01T00:00:01Z", "created_by": "test: probe build image"}],
     })

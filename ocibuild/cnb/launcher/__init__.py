@@ -32,6 +32,7 @@ class LaunchProcess:
     default: bool = False
     buildpack_id: str = ""
     working_dir: str = ""
+    exec_env: tuple[str, ...] = ()  # Buildpack API 0.12: the environments it is for (empty: every one)
 
 
 def _q(value: str) -> str:
