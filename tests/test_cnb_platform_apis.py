@@ -336,3 +336,115 @@ def test_os_release_fills_only_missing_distro_data_and_follows_the_images_symlin
     labelled = Target(distro_name="debian", distro_version="12")
     assert with_build_os_release(labelled, text) == labelled
     assert with_build_os_release(Target(), None) == Target()
+
+
+def test_a_test_exec_env_image_on_the_registry_runs_its_test_process_under_podman(lab: Lab, registry, fresh_repo: str
+                                                                                   ) -> None:
+    from support.tools import require_tool
+
+    podman, skopeo, umoci = (require_tool(t) for t in ("podman", "skopeo", "umoci"))
+    image = f"{registry.host}/{fresh_repo}:test"
+    for old in lab.probe.iterdir():
+        old.unlink()
+    proc = lab.ocibuild("--insecure-registry", registry.host, "build", image, "--builder", lab.builder,
+                        "--path", str(lab.app), "--volume", f"{lab.probe}:/probe:rw", "--exec-env", "test", "--json")
+    digest = json.loads(proc.stdout)["digest"]
+    ref = f"{registry.host}/{fresh_repo}@{digest}"
+    inspect = subprocess.run([skopeo, "inspect", "--tls-verify=false", f"docker://{ref}"], capture_output=True,
+                             text=True, timeout=120)
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["Labels"]["io.buildpacks.exec-env"] == "test"
+    layout = lab.tmp / "skopeo-copy"
+    copied = subprocess.run([skopeo, "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:app"],
+                            capture_output=True, text=True, timeout=120)
+    assert copied.returncode == 0, copied.stderr
+    bundle = lab.tmp / "umoci-bundle"
+    unpacked = subprocess.run([umoci, "unpack", "--rootless", "--image", f"{layout}:app", str(bundle)],
+                              capture_output=True, text=True, timeout=120)
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert os.readlink(bundle / "rootfs" / "cnb" / "process" / "tests") == "/cnb/lifecycle/launcher"
+    assert not os.path.lexists(bundle / "rootfs" / "cnb" / "process" / "worker")  # a production-only process
+    run = [podman, "run", "--rm", "--runtime", "runc", "--network", "none", "--ulimit", "nofile=1024:1024",
+           "--ulimit", "nproc=4096:4096", "--tls-verify=false"]
+    try:
+        tests = subprocess.run([*run, "--entrypoint", "/cnb/process/tests", ref], capture_output=True, text=True,
+                               timeout=180)
+        assert tests.returncode == 0, tests.stderr
+        assert tests.stdout.strip().splitlines()[-1] == "tests"
+    finally:
+        subprocess.run([podman, "rmi", "-f", ref], capture_output=True, timeout=120)
+
+
+def test_project_toml_entries_for_another_exec_env_are_left_out(tmp_path: Path) -> None:
+    from ocibuild.cnb.project import load_project
+
+    path = tmp_path / "project.toml"
+    path.write_text('''
+[_]
+schema-version = "0.3"
+[[io.buildpacks.group]]
+id = "buildpacks/ruby"
+[[io.buildpacks.group]]
+id = "buildpacks/headless-chrome"
+exec-env = "test"
+[[io.buildpacks.post.group]]
+id = "buildpacks/metrics"
+exec-env = ["production"]
+[[io.buildpacks.build.env]]
+name = "RAILS_ENV"
+value = "production"
+exec-env = "production"
+[[io.buildpacks.build.env]]
+name = "RAILS_ENV"
+value = "test"
+exec-env = "test"
+[[io.buildpacks.build.env]]
+name = "EVERYWHERE"
+value = "1"
+exec-env = "all"
+''')
+    prod, test = load_project(path), load_project(path, "test")
+    assert prod.buildpacks == ("buildpacks/ruby",) and prod.post_buildpacks == ("buildpacks/metrics",)
+    assert test.buildpacks == ("buildpacks/ruby", "buildpacks/headless-chrome") and test.post_buildpacks == ()
+    assert prod.env == {"RAILS_ENV": "production", "EVERYWHERE": "1"}
+    assert test.env == {"RAILS_ENV": "test", "EVERYWHERE": "1"}
+    path.write_text('[_]\nschema-version = "0.3"\n[[io.buildpacks.group]]\nid = "a/b"\nexec-env = 3\n')
+    with pytest.raises(UsageError, match="exec-env must be a name"):
+        load_project(path)
+
+
+def test_composite_order_entries_for_another_exec_env_are_skipped(tmp_path: Path) -> None:
+    import shutil
+
+    from ocibuild.cnb.descriptor import parse_order
+    from ocibuild.cnb.detect import detect
+
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures" / "buildpacks"
+    store = tmp_path / "buildpacks"
+    shutil.copytree(fixtures, store, symlinks=True)
+    composite = store / "test_envs" / "1.0.0"
+    composite.mkdir(parents=True)
+    (composite / "buildpack.toml").write_text('''api = "0.12"
+[buildpack]
+id = "test/envs"
+version = "1.0.0"
+[[order]]
+[[order.group]]
+id = "test/a"
+version = "1.0.0"
+[[order.group]]
+id = "test/b"
+version = "1.0.0"
+exec-env = ["test"]
+''')
+    (tmp_path / "app").mkdir()
+    (tmp_path / "platform" / "env").mkdir(parents=True)
+    order = parse_order([{"group": [{"id": "test/envs", "version": "1.0.0"}]}])
+
+    def group(exec_env: str) -> list[str]:
+        result = detect(order, store, tmp_path / "app", tmp_path / "platform", env={"PATH": "/usr/bin:/bin"},
+                        exec_env=exec_env)
+        return [el.id for el in result.group]
+
+    assert group("production") == ["test/a"]
+    assert group("test") == ["test/a", "test/b"]
