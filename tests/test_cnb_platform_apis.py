@@ -448,3 +448,16 @@ exec-env = ["test"]
 
     assert group("production") == ["test/a"]
     assert group("test") == ["test/a", "test/b"]
+
+
+def test_builder_order_exec_env_survives_the_label_and_order_toml() -> None:
+    import tomllib
+
+    from ocibuild.cnb.compose import order_toml
+    from ocibuild.cnb.descriptor import order_to_json, parse_order
+
+    order = parse_order([{"group": [{"id": "a/b", "version": "1"},
+                                    {"id": "c/d", "version": "2", "exec-env": ["test"]}]}])
+    assert parse_order(json.loads(json.dumps(order_to_json(order)))) == order
+    assert parse_order(tomllib.loads(order_toml(order))["order"]) == order
+    assert order.groups[0].elements[1].exec_env == ("test",)

@@ -105,6 +105,8 @@ class GroupElement:
             out["version"] = self.version
         if self.optional:
             out["optional"] = True
+        if self.exec_env:  # Buildpack API 0.12 / builder.toml [[order.group]] exec-env
+            out["exec-env"] = list(self.exec_env)
         return out
 
     @property
