@@ -202,6 +202,13 @@ def test_referrer_tags_of_a_young_subject_wait_for_the_grace_period(scratch):
     assert present(store, [*app.blobs, signed.manifest.digest]) and check(scratch).problems == []
     _make_old(store)
     assert check(scratch).problems != []
+    from typer.testing import CliRunner
+
+    from ocibuild.cli.maintenance import app as maintenance
+
+    dry = CliRunner().invoke(maintenance, ["gc", "--scratch", str(scratch.root), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert f"would untag referrer {signed.tag}@{signed.manifest.digest} (its subject is gone)" in dry.stdout
     report = collect(scratch)
     assert signed.tag not in store.tags() and fallback_tag(app.digest) not in store.tags()
     assert absent(store, [*app.blobs, signed.manifest.digest]) and check(scratch).problems == []
