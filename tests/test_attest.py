@@ -376,8 +376,10 @@ def test_build_with_sign_key_attaches_sboms_and_provenance_and_signs_last(regist
     keys = cli("generate-key-pair", "--output-key-prefix", str(tmp_path / "k"))
     assert keys.returncode == 0, keys.stderr
     image = f"{registry.host}/{fresh_repo}:1"
+    mirror = f"{registry.host}/{fresh_repo}-mirror"  # a -t tag in another repository: attested and signed there too
     built = cli("build", image, "--path", str(app), "--buildpack", str(repo / "fixtures/build/buildpacks/greeter"),
-                "--buildpack", "ocibuild/procfile@0.1.0", "--sign-key", str(tmp_path / "k.key"), "--json")
+                "--buildpack", "ocibuild/procfile@0.1.0", "--sign-key", str(tmp_path / "k.key"), "--json",
+                "-t", f"{mirror}:1")
     assert built.returncode == 0, built.stderr
     digest = _json.loads(built.stdout)["digest"]
     assert "attesting" in _json.loads(built.stdout)["phases"]
@@ -391,3 +393,13 @@ def test_build_with_sign_key_attaches_sboms_and_provenance_and_signs_last(regist
     assert wrong.returncode == 0
     refused = cli("verify", f"{registry.host}/{fresh_repo}@{digest}", "--key", str(tmp_path / "other.pub"))
     assert refused.returncode == 1 and refused.stderr.strip().count("\n") == 0, refused.stderr
+
+    mirrored = registry_store(registry, f"{fresh_repo}-mirror")
+    assert str(mirrored.resolve("1").digest) == digest
+    in_mirror = cli("referrers", f"{mirror}@{digest}", "--json")
+    assert in_mirror.returncode == 0, in_mirror.stderr
+    attached_there = _json.loads(in_mirror.stdout)["attached"]
+    assert {r["artifactType"] for r in attached_there} == kinds
+    docs = independent_verify(mirrored, digest, (tmp_path / "k.pub").read_bytes())
+    assert [d["critical"]["identity"]["docker-reference"] for d in docs] == [mirror]  # signed as that reference
+    assert cli("verify", f"{mirror}@{digest}", "--key", str(tmp_path / "k.pub")).returncode == 0

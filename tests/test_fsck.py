@@ -114,3 +114,75 @@ def test_cli_exit_codes_and_json(scratch, image):
     store.blob_path(img.config.digest).unlink()
     bad = runner.invoke(app, ["fsck", "--scratch", str(scratch.root)])
     assert bad.exit_code == 1 and str(img.config.digest) in bad.stdout
+
+
+def _old(store) -> None:
+    import os
+
+    for digest in store.iter_blobs():
+        os.utime(store.blob_path(digest), (1, 1))
+
+
+def test_referrer_tags_are_checked_while_their_subject_lives_and_reported_once_it_is_gone(scratch, image):
+    """The liveness GC uses: a referrer tag of a live subject is checked like any root (a missing
+    SBOM layer is found), one whose subject is gone is reported as GC's to untag, not as damage."""
+    from ocibuild.attest.keys import generate_signing_key
+    from ocibuild.attest.publish import Blob
+    from ocibuild.attest.referrers import attach
+    from ocibuild.attest.sign import sign_image
+    from ocibuild.ledger.gc import collect
+    from ocibuild.store.layout import fallback_tag
+
+    store, img = image
+    key = generate_signing_key()
+    document = Blob("application/spdx+json", b'{"spdxVersion":"SPDX-2.3"}')
+    sbom = attach(store, img.desc, "application/spdx+json", [document], "sbom")
+    signed = sign_image(store, img.desc, key)
+    # An untagged referrer (found by its subject field alone) and its signature: live through the chain.
+    countersign = write_image(store, ["countersign"], subject=sbom)
+    countersigned = sign_image(store, countersign.desc, key)
+    _old(store)
+    assert check(scratch, full=True).problems == []
+    assert collect(scratch, grace_seconds=0).untagged_referrers == []  # GC agrees: all live
+    assert countersigned.tag in store.tags() and store.blob_path(countersign.digest).exists()
+
+    document_digest = document.descriptor().digest
+    store.blob_path(document_digest).unlink()
+    assert any(str(document_digest) in p and "missing" in p for p in check(scratch).problems)
+    with store.writer_lock():
+        put_document(store, document)
+
+    with store.writer_lock():
+        store.update_index(lambda es: [e for e in es if e.ref_name != "app"])
+    problems = sorted(check(scratch).problems)
+    assert problems == sorted([
+        f"referrer tag {fallback_tag(img.digest)} outlives its subject {img.digest}; run ocibuild gc",
+        f"referrer tag {signed.tag} outlives its subject {img.digest}; run ocibuild gc",
+        f"referrer tag {countersigned.tag} outlives its subject {countersign.digest}; run ocibuild gc",
+    ])
+    store.blob_path(document_digest).unlink()  # content under a dead referrer tag is not checked
+    assert sorted(check(scratch).problems) == problems
+    collect(scratch, grace_seconds=0)
+    assert store.tags() == [] and check(scratch).problems == []
+
+
+def put_document(store, blob) -> None:
+    with blob.open() as stream:
+        store.put_blob(blob.descriptor(), stream)
+
+
+def test_a_referrer_tag_held_by_a_live_lease_is_no_problem(scratch):
+    from ocibuild.attest.keys import generate_signing_key
+    from ocibuild.attest.sign import sign_image
+    from ocibuild.ledger.gc import collect
+
+    store = scratch.open_layout()
+    subject = write_image(store, ["untagged-subject"])
+    signed = sign_image(store, subject.desc, generate_signing_key())
+    _old(store)
+    with Lease(scratch) as lease:
+        lease.hold([signed.manifest], store)
+        assert check(scratch).problems == []
+        assert collect(scratch, grace_seconds=0).untagged_referrers == [] and signed.tag in store.tags()
+    assert check(scratch).problems == [
+        f"referrer tag {signed.tag} outlives its subject {subject.digest}; run ocibuild gc"]

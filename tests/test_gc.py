@@ -66,23 +66,182 @@ def test_marks_index_manifests_configs_and_layers(scratch):
     assert check(scratch).problems == []
 
 
-def test_subject_referrers_are_kept_and_fallback_tags_are_roots(scratch):
+def test_subject_referrers_are_kept_and_referrer_tags_live_with_their_subject(scratch):
     store = scratch.open_layout()
     subject = write_image(store, ["subject"], tag="subject")
     signature = write_image(store, ["signature"], subject=subject.desc)  # untagged: kept for its subject
     sig_of_sig = write_image(store, ["countersign"], subject=signature.desc)  # referrer of a referrer
     dangling = write_image(store, ["dangling"], subject=write_image(store, ["gone-subject"]).desc)
-    # A referrer kept only through the sha256-<hex> fallback tag index (distribution-spec 1.1).
+    # The sha256-<hex> fallback index (distribution-spec 1.1) of a tagged subject: kept with it.
+    sbom = write_image(store, ["sbom-of-subject"], subject=subject.desc)
+    live_index = write_index(store, [sbom.desc], tag=fallback_tag(subject.digest))
+    # The fallback index of an untagged subject: no root of its own, so it goes with its referrer.
     untagged_subject = write_image(store, ["untagged-subject"])
     via_fallback = write_image(store, ["sbom"], subject=untagged_subject.desc)
-    write_index(store, [via_fallback.desc], tag=fallback_tag(untagged_subject.digest))
+    orphan_index = write_index(store, [via_fallback.desc], tag=fallback_tag(untagged_subject.digest))
+    # A user's tag that merely looks like a fallback tag (it points at an ordinary image): a root.
+    look_alike = write_image(store, ["users-image"], tag="sha256-" + "0" * 64)
+    named_after = write_image(store, ["named-after"])
+    users = write_image(store, ["users-other"], tag=fallback_tag(named_after.digest))
 
-    collect(scratch, grace_seconds=0)
+    os.utime(store.blob_path(untagged_subject.digest), (1, 1))  # past the grace period
+    assert check(scratch).problems == [
+        f"referrer tag {fallback_tag(untagged_subject.digest)} outlives its subject {untagged_subject.digest}; "
+        f"run ocibuild gc"]
+    report = collect(scratch, grace_seconds=0)
 
-    assert present(store, [*subject.blobs, *signature.blobs, *sig_of_sig.blobs, *via_fallback.blobs])
-    assert absent(store, dangling.blobs)
+    assert present(store, [*subject.blobs, *signature.blobs, *sig_of_sig.blobs, *sbom.blobs, live_index.digest])
+    assert present(store, [*look_alike.blobs, *users.blobs])
+    assert absent(store, [*dangling.blobs, *via_fallback.blobs, orphan_index.digest, *named_after.blobs])
     assert absent(store, untagged_subject.blobs)  # the fallback index points at referrers, not at the subject
+    assert report.untagged_referrers == [f"{fallback_tag(untagged_subject.digest)}@{orphan_index.digest}"]
+    assert set(store.tags()) == {"subject", fallback_tag(subject.digest), fallback_tag(named_after.digest),
+                                 "sha256-" + "0" * 64}
     assert tagged_images_complete(store) == []
+    assert check(scratch).problems == []
+
+
+def _attest_and_sign(store, image, key, record=None):
+    """A CycloneDX SBOM referrer of ``image``, its cosign signature, and a signature of the SBOM."""
+    from ocibuild.attest.publish import Blob, no_record
+    from ocibuild.attest.referrers import attach
+    from ocibuild.attest.sign import sign_image
+
+    record = record or no_record
+    sbom = attach(store, image, "application/vnd.cyclonedx+json",
+                  [Blob("application/vnd.cyclonedx+json", b'{"bomFormat":"CycloneDX","specVersion":"1.5"}')],
+                  "sbom", record=record)
+    signed = sign_image(store, image, key, record)
+    sbom_signed = sign_image(store, sbom, key, record)  # a .sig of a referrer: lives while the SBOM does
+    return sbom, signed, sbom_signed
+
+
+def _att_manifest(store, subject: Digest, tag: str) -> Digest:
+    """A cosign ``.att`` manifest as cosign writes it: DSSE envelopes of in-toto statements."""
+    import base64
+    import json
+
+    from ocibuild.store.base import put_bytes
+
+    statement = {"_type": "https://in-toto.io/Statement/v1", "predicateType": "https://slsa.dev/provenance/v1",
+                 "subject": [{"name": "app", "digest": {subject.algorithm: subject.encoded}}], "predicate": {}}
+    envelope = json.dumps({"payloadType": "application/vnd.in-toto+json",
+                           "payload": base64.b64encode(json.dumps(statement).encode()).decode(),
+                           "signatures": [{"sig": "AAAA"}]}).encode()
+    layer = Descriptor.for_bytes("application/vnd.dsse.envelope.v1+json", envelope)
+    config = Descriptor.for_bytes(mt.OCI_CONFIG, b"{}")
+    with store.writer_lock():
+        put_bytes(store, layer, envelope)
+        put_bytes(store, config, b"{}")
+        manifest = Manifest.build(config, [layer])
+        store.put_manifest(manifest.descriptor(), manifest.raw, tag=tag)
+    return manifest.digest
+
+
+def _make_old(store) -> None:
+    for digest in store.iter_blobs():
+        os.utime(store.blob_path(digest), (1, 1))
+
+
+def test_signature_and_attestation_tags_live_with_their_subject_and_go_with_it(scratch):
+    from ocibuild.attest.keys import generate_signing_key
+    from ocibuild.attest.verify import verify_image
+
+    store = scratch.open_layout()
+    key = generate_signing_key()
+    app = write_image(store, ["app"], tag="app:1")
+    sbom, signed, sbom_signed = _attest_and_sign(store, app.desc, key)
+    att = _att_manifest(store, app.digest, f"sha256-{app.digest.encoded}.att")
+    # Look-alikes stay roots: a .sig tag whose payload signs another digest, an .att about another subject.
+    other = write_image(store, ["other"], tag="other:1")
+    other_sbom, other_signed, other_sbom_signed = _attest_and_sign(store, other.desc, key)
+    fake_sig, fake_att = f"sha256-{'1' * 64}.sig", f"sha256-{'2' * 64}.att"
+    with store.writer_lock():
+        store.tag(other_signed.manifest, fake_sig)
+    fake_att_digest = _att_manifest(store, other.digest, fake_att)
+    _make_old(store)
+    dies = {fallback_tag(app.digest): app.digest, signed.tag: app.digest,
+            f"sha256-{app.digest.encoded}.att": app.digest, sbom_signed.tag: sbom.digest}
+    stays = {"other:1", fallback_tag(other.digest), other_signed.tag, other_sbom_signed.tag, fake_sig, fake_att}
+
+    assert check(scratch).problems == []
+    report = collect(scratch, grace_seconds=0)
+    assert report.untagged_referrers == [] and set(store.tags()) == {"app:1", *dies, *stays}
+    assert tagged_images_complete(store) == []
+    assert verify_image(store, app.desc, key.public()).signatures == 1
+    assert verify_image(store, sbom, key.public()).signatures == 1
+
+    with store.writer_lock():
+        store.update_index(lambda es: [e for e in es if e.ref_name != "app:1"])  # the subject is gone
+    assert sorted(check(scratch).problems) == sorted(
+        f"referrer tag {tag} outlives its subject {subject}; run ocibuild gc" for tag, subject in dies.items())
+    expected = sorted(f"{tag}@{store.resolve(tag).digest}" for tag in dies)
+    assert collect(scratch, grace_seconds=0, dry_run=True).untagged_referrers == expected
+    assert set(store.tags()) == {*dies, *stays}  # the dry run untagged nothing
+    report = collect(scratch, grace_seconds=0)
+
+    assert report.untagged_referrers == expected
+    assert set(store.tags()) == stays
+    assert absent(store, [*app.blobs, sbom.digest, signed.manifest.digest, sbom_signed.manifest.digest, att])
+    assert present(store, [*other.blobs, other_sbom.digest, other_signed.manifest.digest,
+                           other_sbom_signed.manifest.digest, fake_att_digest])
+    assert tagged_images_complete(store) == []
+    assert check(scratch).problems == []
+
+
+def test_referrer_tags_of_a_young_subject_wait_for_the_grace_period(scratch):
+    """A subject written but not yet tagged (another tool between its writes) keeps its signature."""
+    from ocibuild.attest.keys import generate_signing_key
+
+    store = scratch.open_layout()
+    app = write_image(store, ["young"])  # untagged, just written
+    signed = _attest_and_sign(store, app.desc, generate_signing_key())[1]
+
+    report = collect(scratch)  # default grace
+    assert report.untagged_referrers == [] and signed.tag in store.tags()
+    assert present(store, [*app.blobs, signed.manifest.digest]) and check(scratch).problems == []
+    _make_old(store)
+    assert check(scratch).problems != []
+    from typer.testing import CliRunner
+
+    from ocibuild.cli.maintenance import app as maintenance
+
+    dry = CliRunner().invoke(maintenance, ["gc", "--scratch", str(scratch.root), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert f"would untag referrer {signed.tag}@{signed.manifest.digest} (its subject is gone)" in dry.stdout
+    report = collect(scratch)
+    assert signed.tag not in store.tags() and fallback_tag(app.digest) not in store.tags()
+    assert absent(store, [*app.blobs, signed.manifest.digest]) and check(scratch).problems == []
+
+
+def test_attestations_of_an_ephemeral_image_go_with_it(scratch):
+    """A build's ephemeral image, attested and signed under its lease (rows not ephemeral: the
+    attestation code records what the user asked for), is untagged when the lease ends, and its
+    referrer tags, manifests and ledger rows go with it."""
+    from ocibuild.attest.keys import generate_signing_key
+    from ocibuild.attest.publish import ledger_record
+
+    store = scratch.open_layout()
+    kept = write_image(store, ["kept"], tag="kept")
+    with Lease(scratch) as lease:
+        eph = write_image(store, ["eph-app"], tag="eph", lease=lease, role="ephemeral-builder", ephemeral=True)
+        sbom, signed, sbom_signed = _attest_and_sign(store, eph.desc, generate_signing_key(),
+                                                     ledger_record(lease.ledger, store, lease.id))
+        assert collect(scratch).untagged_referrers == []  # live lease: all kept
+        assert signed.tag in store.tags()
+    report = collect(scratch)  # default grace: the dead lease's rows say what is garbage
+
+    assert report.untagged == [f"eph@{eph.digest}"]
+    assert {n.rsplit("@", 1)[0] for n in report.untagged_referrers} == {
+        fallback_tag(eph.digest), signed.tag, sbom_signed.tag}
+    assert store.tags() == ["kept"] and present(store, kept.blobs)
+    assert absent(store, [*eph.blobs, sbom.digest, signed.manifest.digest, sbom_signed.manifest.digest])
+    from ocibuild.ledger.scratch import layout_location
+
+    location = layout_location(store.path)
+    assert {str(r.digest) for r in Ledger(scratch.ledger_path).query(location=location)} <= {
+        str(d) for d in kept.blobs}
+    assert check(scratch).problems == []
 
 
 def test_children_missing_locally_are_fine(scratch):
@@ -275,6 +434,48 @@ def test_ephemeral_manifest_pushed_to_registry_is_deleted_there(scratch, registr
     with pytest.raises(NotFound):
         remote.resolve(str(image.digest))
     assert Ledger(scratch.ledger_path).query(location=location) == []
+
+
+def test_referrers_of_an_ephemeral_manifest_in_a_registry_are_deleted_with_it(scratch, registry, fresh_repo):
+    """registry 2.8.2 (no referrers API): the SBOM artifact, the sha256-<hex> fallback index and the
+    .sig manifests ocibuild recorded go with their ephemeral subject; what it did not write stays."""
+    from ocibuild.attest.keys import generate_signing_key
+    from ocibuild.attest.publish import ledger_record
+    from ocibuild.attest.sign import sign_image
+    from ocibuild.errors import NotFound
+    from ocibuild.oci.reference import parse_docker_reference
+    from ocibuild.store.base import put_bytes
+    from ocibuild.store.registry import get_registry_store
+
+    remote = get_registry_store(parse_docker_reference(f"{registry.host}/{fresh_repo}:eph"))
+    location = f"{registry.host}/{fresh_repo}"
+    kept, kept_contents = build_image(["kept-remote"])
+    eph, contents = build_image(["pushed-eph-attested"])
+    for image, blobs in ((kept, kept_contents), (eph, contents)):
+        for desc in (image.config, *image.layers):
+            put_bytes(remote, desc, blobs[desc.digest])
+    remote.put_manifest(kept.desc, kept.manifest.raw, tag="kept")
+    remote.put_manifest(eph.desc, eph.manifest.raw, tag="eph")
+    key = generate_signing_key()
+    with Lease(scratch) as lease:
+        lease.record(eph.desc, location=location, role="ephemeral-builder", ephemeral=True)
+        sbom, signed, sbom_signed = _attest_and_sign(remote, eph.desc, key,
+                                                     ledger_record(lease.ledger, remote, lease.id))
+        kept_signed = sign_image(remote, kept.desc, key, ledger_record(lease.ledger, remote, lease.id))
+        fallback = remote.resolve(fallback_tag(eph.digest)).digest
+        assert collect(scratch).registry_deleted == []  # live: untouched
+    report = collect(scratch)
+
+    assert sorted(report.registry_deleted) == sorted(
+        f"{location}@{d}" for d in (eph.digest, sbom.digest, signed.manifest.digest, sbom_signed.manifest.digest, fallback))
+    assert report.errors == []
+    for gone in (str(eph.digest), str(sbom.digest), signed.tag, sbom_signed.tag, fallback_tag(eph.digest)):
+        with pytest.raises(NotFound):
+            remote.resolve(gone)
+    assert remote.resolve(kept_signed.tag).digest == kept_signed.manifest.digest  # its subject lives
+    assert remote.resolve("kept").digest == kept.digest
+    left = {str(r.digest) for r in Ledger(scratch.ledger_path).query(location=location)}
+    assert str(kept_signed.manifest.digest) in left and str(sbom.digest) not in left and str(eph.digest) not in left
 
 
 def test_unreachable_registry_is_reported_not_fatal(scratch):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ocibuild.attest.provenance import BuildpackUsed, ProvenanceInputs, attach_provenance
 from ocibuild.attest.publish import Record, ledger_record, no_record
@@ -22,6 +22,7 @@ class Attestations:
     sboms: tuple[Descriptor, ...]
     provenance: Descriptor
     signature: Descriptor | None  # the sha256-<hex>.sig manifest
+    also: tuple["Attestations", ...] = ()  # the same, in each other repository the image was tagged in
 
 
 def provenance_inputs(image: str, builder: Any, builder_digest: Any, effective: Any, group: Any,
@@ -40,6 +41,16 @@ def provenance_inputs(image: str, builder: Any, builder_digest: Any, effective: 
                             run_image=run_name or run_id, run_image_digest=run_digest, source=Path(source))
 
 
+def other_repositories(dest: Any, options: Any, lease: Any) -> list[Any]:
+    """The stores of a build's ``-t`` tags in repositories other than IMAGE's (``Destinations``),
+    opened for writing and recorded under the build's lease: attested and signed there too, as
+    ``cosign sign`` would sign each of those references."""
+    from ocibuild.cnb.recorded import Recorded
+    from ocibuild.store.open import open_parsed
+
+    return [Recorded(open_parsed(ref, options, for_write=True), lease) for ref in dest.other_repositories]
+
+
 def attach_build_attestations(
     target_store: Any,
     image: Descriptor,
@@ -49,21 +60,37 @@ def attach_build_attestations(
     sign_key: str | None = None,
     lease: Any = None,
     say: Callable[[str], None] = lambda _m: None,
+    also: Sequence[Any] = (),
 ) -> Attestations:
-    """Attach the build's SBOMs (one artifact per format) and its provenance to ``image``; sign with ``sign_key``."""
-    record: Record = ledger_record(lease.ledger, target_store, lease.id) if lease is not None else no_record
-    image = Descriptor(image.media_type, image.digest, image.size)
-    sboms = tuple(attach_sboms(target_store, image, sbom_sources(built), record))
-    for desc in sboms:
-        say(f"attached SBOM {desc.digest.short()}")
-    provenance = attach_provenance(target_store, image, inputs, record)
-    say(f"attached provenance {provenance.digest.short()}")
-    signature = None
+    """Attach the build's SBOMs (one artifact per format) and its provenance to ``image``; sign with
+    ``sign_key``. The same in each store of ``also`` (where the image was tagged too)."""
+    signing_key = None
     if sign_key is not None:
         from ocibuild.attest.keys import load_signing_key
+
+        signing_key = load_signing_key(sign_key)  # a bad key fails before anything is attached
+    image = Descriptor(image.media_type, image.digest, image.size)
+    first = _attest(target_store, image, built, inputs, signing_key, lease, say)
+    others = []
+    for store in also:
+        others.append(_attest(store, image, built, inputs, signing_key, lease, lambda _m: None))
+        say(f"attested {image.digest.short()} in {store.name}" + (" and signed it" if signing_key else ""))
+    return Attestations(first.sboms, first.provenance, first.signature, tuple(others))
+
+
+def _attest(store: Any, image: Descriptor, built: Any, inputs: ProvenanceInputs, signing_key: Any, lease: Any,
+            say: Callable[[str], None]) -> Attestations:
+    record: Record = ledger_record(lease.ledger, store, lease.id) if lease is not None else no_record
+    sboms = tuple(attach_sboms(store, image, sbom_sources(built), record))
+    for desc in sboms:
+        say(f"attached SBOM {desc.digest.short()}")
+    provenance = attach_provenance(store, image, inputs, record)
+    say(f"attached provenance {provenance.digest.short()}")
+    signature = None
+    if signing_key is not None:
         from ocibuild.attest.sign import sign_image
 
-        signed = sign_image(target_store, image, load_signing_key(sign_key), record)
+        signed = sign_image(store, image, signing_key, record)
         signature = signed.manifest
         say(f"signed {image.digest.short()}: {signed.tag}")
     return Attestations(sboms, provenance, signature)

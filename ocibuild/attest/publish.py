@@ -96,25 +96,21 @@ def put_manifest(store: Store, manifest: Manifest, role: str, record: Record, ta
     """The manifest (recorded first); one with a ``subject`` is then linked where no API does it."""
     desc = manifest.descriptor()
     record(desc, role)
+
+    def record_index(index: Descriptor) -> None:
+        record(index, ROLE_REFERRERS_INDEX)
+
+    if manifest.subject is not None and _is_registry(store):
+        # A registry with the referrers API links it (OCI-Subject); else the store writes the
+        # fallback index, recorded first.
+        store.put_manifest(desc, manifest.raw, tag=tag, on_fallback=record_index)  # type: ignore[call-arg]
+        return desc
     store.put_manifest(desc, manifest.raw, tag=tag)
     if manifest.subject is not None:
-        link_referrer(store, desc, manifest.raw, lambda index: record(index, ROLE_REFERRERS_INDEX))
-        if not hasattr(store, "update_index"):
-            _record_registry_fallback(store, manifest.subject, record)
+        link_referrer(store, desc, manifest.raw, record_index)
     return desc
 
 
-def _record_registry_fallback(store: Store, subject: Descriptor, record: Record) -> None:
-    """The fallback index a registry store wrote (when the registry has no referrers API), recorded.
-
-    Recorded after the fact: the store writes it inside ``put_manifest``. A registry is never swept
-    by ocibuild's GC, so the row is the audit trail, not a guard.
-    """
-    from ocibuild.errors import NotFound
-    from ocibuild.store.referrers import fallback_tag
-
-    try:
-        record(store.resolve(fallback_tag(subject.digest)), ROLE_REFERRERS_INDEX)
-    except NotFound:
-        pass  # the registry has the referrers API: there is no fallback index
+def _is_registry(store: Any) -> bool:
+    return not hasattr(store, "update_index") and hasattr(store, "registry") and hasattr(store, "repository")
 

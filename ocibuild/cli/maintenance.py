@@ -49,6 +49,8 @@ def gc(
              f"{report.removed_manifests} manifests; kept {report.kept}")
         for name in report.untagged:
             emit(f"{'would untag' if dry_run else 'untagged'} ephemeral {name}")
+        for name in report.untagged_referrers:
+            emit(f"{'would untag' if dry_run else 'untagged'} referrer {name} (its subject is gone)")
         for name in report.registry_deleted:
             emit(f"{'would delete' if dry_run else 'deleted'} {name}")
         if report.removed_rootfs:

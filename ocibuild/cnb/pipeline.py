@@ -245,12 +245,13 @@ class _Build:
     def _attest(self, target: Any, image: Any, built: Any, builders: _Builders, run: RunImageSource,
                 group: Any) -> None:
         """SBOMs and provenance as referrers of the image, then the signature (``ocibuild.attest``)."""
-        from ocibuild.attest.build import attach_build_attestations, provenance_inputs
+        from ocibuild.attest.build import attach_build_attestations, other_repositories, provenance_inputs
 
         inputs = provenance_inputs(self.opts.image, builders.original, builders.original.digest, builders.effective,
                                    group, run.store, run.identifier, run.name, self.app)
         attach_build_attestations(target, image, built, inputs, sign_key=self.opts.sign_key, lease=self.lease,
-                                  say=self.say)
+                                  say=self.say, also=other_repositories(self.dest, self.opts.registry_options,
+                                                                        self.lease))
 
     # -- the builder -----------------------------------------------------------------------------------
     def _builders(self, project: Project) -> _Builders:

@@ -1,7 +1,8 @@
 """fsck: check the scratch layout, the ledger and the blobs against each other.
 
 What is checked: every ``index.json`` entry names a present, parseable manifest of the announced
-size and digest; every blob reachable from a root is present (or the ledger records a registry
+size and digest, and no referrer tag outlives its subject (what GC would untag, see
+``ocibuild.ledger.referrers``); every blob reachable from a root is present (or the ledger records a registry
 it can be fetched from) with the announced size; manifests and configs hash to their file names
 (``full`` re-hashes every blob); ledger rows point at blobs that exist; no lease expired without
 being released; no stale temp files. Runs under the layout's shared writer lock so a concurrent GC
@@ -20,6 +21,7 @@ from ocibuild.errors import ManifestError, OCIBuildError
 from ocibuild.ledger.db import Ledger
 from ocibuild.ledger.scan import Abort, cache_roots, looks_like_json, scan_blobs, temp_entries
 from ocibuild.ledger.lease import DEFAULT_TTL, LIVE, lease_state
+from ocibuild.ledger.referrers import ReferrerTag, live_referrer_tags, referrer_tags, subject_chain_live
 from ocibuild.ledger.scratch import Scratch, layout_location
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor
@@ -127,7 +129,13 @@ def _check_layout(
         entries = []
 
     queue: deque[tuple[Descriptor, str]] = deque()
+    tagged = {(t.name, t.digest): t for t in referrer_tags(
+        str(store.path), [(e.ref_name, str(e.digest), e.media_type) for e in entries])}
+    conditional: list[tuple[ReferrerTag, Descriptor]] = []
     for entry in entries:
+        if (entry.ref_name, str(entry.digest)) in tagged:  # checked below, while its subject is live
+            conditional.append((tagged[(entry.ref_name, str(entry.digest))], entry))
+            continue
         label = f"index.json entry {entry.ref_name or '(untagged)'}"
         if not store.blob_path(entry.digest).exists() and not has_source(entry.digest):
             report.problems.append(f"{label}: manifest {entry.digest} is missing")
@@ -146,38 +154,52 @@ def _check_layout(
         report.problems.append(str(exc))
 
     seen: set[Digest] = set()
-    while queue:
-        desc, parent = queue.popleft()
-        if desc.digest in seen:
-            continue
-        seen.add(desc.digest)
-        path = store.blob_path(desc.digest)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            if not has_source(desc.digest) and not desc.urls and desc.data is None:
-                report.problems.append(f"blob {desc.digest} referenced by {parent} is missing and has no recorded source")
-            continue
-        report.checked_blobs += 1
-        if desc.size and size != desc.size:
-            report.problems.append(f"blob {desc.digest}: {size} bytes on disk, {desc.size} announced by {parent}")
-            continue
-        if mt.is_manifest_like(desc.media_type):
-            if size > MAX_MANIFEST_BYTES:
-                report.problems.append(f"manifest {desc.digest}: {size} bytes, over the manifest size limit")
+
+    def walk() -> None:
+        while queue:
+            desc, parent = queue.popleft()
+            if desc.digest in seen:
                 continue
-            if not verify(desc.digest, path, "manifest"):
-                continue
+            seen.add(desc.digest)
+            path = store.blob_path(desc.digest)
             try:
-                manifest = parse_manifest(path.read_bytes(), desc.media_type)
-            except ManifestError as exc:
-                report.problems.append(f"manifest {desc.digest} ({parent}) does not parse: {exc}")
+                size = path.stat().st_size
+            except FileNotFoundError:
+                if not has_source(desc.digest) and not desc.urls and desc.data is None:
+                    report.problems.append(f"blob {desc.digest} referenced by {parent} is missing and has no recorded source")
                 continue
-            report.checked_manifests += 1
-            label = f"manifest {desc.digest.short()}"
-            queue.extend((child, label) for child in manifest.children())
-        elif desc.media_type in mt.CONFIG_TYPES or (size <= MAX_MANIFEST_BYTES and looks_like_json(path)) or full:
-            verify(desc.digest, path, "blob")
+            report.checked_blobs += 1
+            if desc.size and size != desc.size:
+                report.problems.append(f"blob {desc.digest}: {size} bytes on disk, {desc.size} announced by {parent}")
+                continue
+            if mt.is_manifest_like(desc.media_type):
+                if size > MAX_MANIFEST_BYTES:
+                    report.problems.append(f"manifest {desc.digest}: {size} bytes, over the manifest size limit")
+                    continue
+                if not verify(desc.digest, path, "manifest"):
+                    continue
+                try:
+                    manifest = parse_manifest(path.read_bytes(), desc.media_type)
+                except ManifestError as exc:
+                    report.problems.append(f"manifest {desc.digest} ({parent}) does not parse: {exc}")
+                    continue
+                report.checked_manifests += 1
+                label = f"manifest {desc.digest.short()}"
+                queue.extend((child, label) for child in manifest.children())
+            elif desc.media_type in mt.CONFIG_TYPES or (size <= MAX_MANIFEST_BYTES and looks_like_json(path)) or full:
+                verify(desc.digest, path, "blob")
+
+    def live(digest: str) -> bool:
+        return subject_chain_live(str(store.path), digest, lambda d: Digest.parse(d) in seen)
+
+    def keep(tag: ReferrerTag) -> None:  # a referrer tag whose subject is live is checked like any root
+        queue.extend((e, f"index.json entry {tag.name}") for t, e in conditional if t is tag)
+        walk()
+
+    walk()
+    for tag in live_referrer_tags([t for t, _ in conditional], live, keep):
+        if Digest.parse(tag.digest) not in live_held and not _young(store.blob_path(Digest.parse(tag.subject)), ts):
+            report.problems.append(f"referrer tag {tag.name} outlives its subject {tag.subject}; run ocibuild gc")
 
     # Every blob file: named like a digest; recorded small JSON and (with full) everything re-hashed.
     found, foreign = scan_blobs(store.path)
@@ -203,6 +225,16 @@ def _check_layout(
     for entry, age in temp_entries(store.path / ".tmp", ts):
         if age > tmp_ttl:
             report.problems.append(f"stale temp file .tmp/{entry.name} ({int(age)} s old); run ocibuild gc")
+
+
+def _young(path: Any, ts: float) -> bool:
+    """A subject GC would still spare its referrer tags for (written within the grace period)."""
+    from ocibuild.ledger.gc import DEFAULT_GRACE
+
+    try:
+        return path.stat().st_mtime > ts - DEFAULT_GRACE
+    except OSError:
+        return False
 
 
 def _check_rootfs(sc: Scratch, ledger: Ledger | None, live: set[str], report: FsckReport, tmp_ttl: float) -> None:

@@ -1,14 +1,18 @@
 """Garbage collection of the scratch layout: mark from every root, sweep the rest, trust the ledger.
 
-Roots are ``index.json`` entries (tags, fallback ``sha256-*`` referrer tags, untagged pushes), the
-objects held by live leases, and the build cache. Ephemeral manifests of released or expired
-leases are first untagged, then marking follows indexes, manifests, configs, layers, ledger edges
-and ``subject`` referrers (a manifest whose subject is marked is kept). Children that are not
-present locally are fine: a composed builder's base layers live in a registry.
+Roots are ``index.json`` entries (tags, untagged pushes), the objects held by live leases, and the
+build cache. Ephemeral manifests of released or expired leases are first untagged, then marking
+follows indexes, manifests, configs, layers, ledger edges and referrers: a manifest whose
+``subject`` is marked is kept, and so is a tag of the referrers tag scheme (``sha256-<hex>``,
+``.sig``, ``.att``, ``.sbom``) whose subject is marked; such a tag is no root of its own
+(``ocibuild.ledger.referrers``) and is untagged once its subject is gone. A referrer never keeps
+its subject. Children that are not present locally are fine: a composed builder's base layers
+live in a registry.
 
 The sweep holds the layout's exclusive ``gc_lock`` (writers hold it shared) and is biased to
 leaking: if the ledger, ``index.json`` or a reachable manifest cannot be read, nothing is deleted;
-blobs younger than a grace period are kept unless a dead lease recorded them. Kept blobs are not
+blobs younger than a grace period are kept unless a dead lease recorded them, and so are the
+referrer tags of such a young subject. Kept blobs are not
 re-hashed (digests were verified on write); only manifests and indexes are read. Digests are
 plain strings throughout (see ``ocibuild.ledger.scan``); unlinks run in a small thread pool.
 """
@@ -26,11 +30,12 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ocibuild.errors import ManifestError, NotFound, OCIBuildError
 from ocibuild.ledger.db import ROLE_CACHE, Ledger, ObjectKey, ObjectRow
 from ocibuild.ledger.lease import DEFAULT_TTL, LIVE, Lease, lease_state
+from ocibuild.ledger.referrers import ReferrerTag, live_referrer_tags, referrer_tags
 from ocibuild.ledger.scan import (
     Abort, blob_file, cache_roots, is_digest, looks_like_json, one_line, scan_blobs, temp_entries,
 )
@@ -58,6 +63,8 @@ class GCReport:
     kept_young: int = 0
     removed: list[str] = field(default_factory=list)
     untagged: list[str] = field(default_factory=list)
+    untagged_referrers: list[str] = field(default_factory=list)
+    """Referrer tags (``tag@digest``) untagged because their subject is gone."""
     registry_deleted: list[str] = field(default_factory=list)
     removed_temp: list[str] = field(default_factory=list)
     removed_rootfs: list[str] = field(default_factory=list)
@@ -84,8 +91,9 @@ def collect(
     registry_options: Any = None,
     now: float | None = None,
 ) -> GCReport:
-    """Collect the scratch layout of ``scratch`` and delete ephemeral manifests pushed to registries
-    (with ``registry_options``: a ``RegistryOptions`` or a zero-argument factory of one)."""
+    """Collect the scratch layout of ``scratch`` and delete ephemeral manifests pushed to registries,
+    with the referrers ocibuild recorded for them there (``registry_options``: a ``RegistryOptions``
+    or a zero-argument factory of one)."""
     started = time.monotonic()
     sc = Scratch.resolve(scratch)
     report = GCReport(dry_run=dry_run)
@@ -213,8 +221,13 @@ def _collect_layout(
         else:
             entries = [e for e in entries if str(e.digest) not in ephemeral_dead]
 
-    # 3. Roots.
-    roots: list[tuple[str, str | None]] = [(str(e.digest), e.media_type) for e in entries]
+    # 3. Roots: every entry but the referrer tags, which live while their subject does.
+    layout = str(store.path)
+    tagged = referrer_tags(layout, [(e.ref_name, str(e.digest), e.media_type) for e in entries])
+    conditional = {(t.name, t.digest) for t in tagged}
+    roots: list[tuple[str, str | None]] = [
+        (str(e.digest), e.media_type) for e in entries if (e.ref_name, str(e.digest)) not in conditional
+    ]
     roots += [(d, row_of[d].media_type if d in row_of else None) for d in live_held]
     roots += [(row.digest, row.media_type) for row in rows if row.role == ROLE_CACHE and not row.ephemeral]
     roots += cache_roots(sc.cache_path)
@@ -222,10 +235,12 @@ def _collect_layout(
     # 4. Mark, then one scan of blobs/ (names only) for the referrers of what is marked.
     marked: set[str] = set()
     manifests_seen: set[str] = set()
-    layout = str(store.path)
     _mark(layout, roots, marked, manifests_seen, row_of, edges)
     blobs, _foreign = scan_blobs(layout)
-    _mark_referrers(layout, blobs, marked, manifests_seen, row_of, edges, exclude=ephemeral_dead)
+    orphaned = _mark_referrers(layout, blobs, marked, manifests_seen, row_of, edges, tagged,
+                               exclude=ephemeral_dead,
+                               young=_young_subject(blobs, claimed_dead | ephemeral_dead, ts - grace))
+    entries = _untag_orphaned_referrers(store, entries, orphaned, live_held, report, dry_run)
     clock.lap("mark")
 
     # 5. Sweep: stat and unlink the unreached blobs, several at a time (the unlinks wait on the disk),
@@ -468,10 +483,14 @@ def _mark_referrers(
     manifests_seen: set[str],
     row_of: dict[str, ObjectKey],
     edges: dict[str, list[str]],
+    tagged: list[ReferrerTag],
     *,
     exclude: set[str],
-) -> None:
-    """Keep every local manifest whose ``subject`` is marked (to a fixpoint: referrers of referrers)."""
+    young: Callable[[str], bool] = lambda _d: False,
+) -> list[ReferrerTag]:
+    """Keep every local manifest and every referrer tag whose subject is marked (to a fixpoint:
+    referrers of referrers), and the referrer tags of a ``young`` subject (the grace period: the
+    tool writing it may be about to tag it); returns the referrer tags left, whose subject is gone."""
     by_subject: dict[str, list[tuple[str, str | None]]] = {}
     for digest, entry in blobs.items():
         if digest in marked or digest in exclude:
@@ -498,6 +517,13 @@ def _mark_referrers(
         manifests_seen.add(digest)
         if doc.subject is not None:
             by_subject.setdefault(doc.subject, []).append((digest, doc.media_type))
+
+    def keep(tag: ReferrerTag) -> None:
+        _mark(layout, [(tag.digest, tag.media_type)], marked, manifests_seen, row_of, edges)
+
+    def live(subject: str) -> bool:
+        return subject in marked or young(subject)
+
     pending = True
     while pending:
         pending = False
@@ -506,6 +532,42 @@ def _mark_referrers(
             if found:
                 _mark(layout, found, marked, manifests_seen, row_of, edges)
                 pending = True
+        before = len(tagged)
+        tagged = live_referrer_tags(tagged, live, keep)
+        pending = pending or len(tagged) != before
+    return tagged
+
+
+def _young_subject(blobs: dict[str, os.DirEntry[str]], dead: set[str], cutoff: float) -> Callable[[str], bool]:
+    """Whether a subject is a local blob modified after ``cutoff`` that no dead lease claims."""
+
+    def young(digest: str) -> bool:
+        entry = blobs.get(digest)
+        if entry is None or digest in dead:
+            return False
+        try:
+            return entry.stat().st_mtime > cutoff
+        except OSError:
+            return False
+
+    return young
+
+
+def _untag_orphaned_referrers(
+    store: Any, entries: list[Any], orphaned: list[ReferrerTag], live_held: set[str], report: GCReport,
+    dry_run: bool,
+) -> list[Any]:
+    """Remove the referrer tags whose subject is gone (not those a live lease holds), before the
+    sweep: ``index.json`` never names a blob the sweep removed. Returns the entries left."""
+    doomed = {(t.name, t.digest) for t in orphaned if t.digest not in live_held}
+    if not doomed:
+        return entries
+    report.untagged_referrers = sorted(f"{name}@{digest}" for name, digest in doomed)
+
+    def keep(es: list[Any]) -> list[Any]:
+        return [e for e in es if (e.ref_name, str(e.digest)) not in doomed]
+
+    return keep(entries) if dry_run else store.update_index(keep)
 
 
 def _writer_gone(name: str) -> bool:
@@ -574,18 +636,52 @@ def _delete_remote(
     from ocibuild.oci.reference import parse_docker_reference
     from ocibuild.store.registry import get_registry_store
 
+    done: set[str] = set()
     for row in rows:
         name = f"{row.location}@{row.digest}"
+        if name in done:
+            continue  # a referrer of an ephemeral manifest deleted above
         try:
             store = get_registry_store(parse_docker_reference(name), options)
-            try:
-                store.delete(str(row.digest))
-            except NotFound:
-                pass  # already gone: that is what we wanted
-            ledger.forget(row.digest, row.location)
-            report.registry_deleted.append(name)
+            recorded = {key.digest for key in ledger.object_keys(row.location)}
+            # Its referrers first: should one fail, the subject stays ephemeral and the next gc retries.
+            for digest in [*_remote_referrers(store, str(row.digest), recorded), str(row.digest)]:
+                if f"{row.location}@{digest}" in done:
+                    continue
+                try:
+                    store.delete(digest)
+                except NotFound:
+                    pass  # already gone: that is what we wanted
+                ledger.forget(digest, row.location)
+                report.registry_deleted.append(f"{row.location}@{digest}")
+                done.add(f"{row.location}@{digest}")
         except Exception as exc:  # reported, retried by the next gc; never fatal
             report.errors.append(f"cannot delete {name}: {one_line(exc)}")
+
+
+def _remote_referrers(store: Any, digest: str, recorded: set[str]) -> list[str]:
+    """What refers to ``digest`` in a registry repository (the referrers API or the fallback index,
+    the fallback index itself, cosign's ``.sig`` manifest), transitively, deepest first; only what
+    the ledger records there: ocibuild deletes nothing it did not write."""
+    from ocibuild.oci.descriptor import Descriptor
+    from ocibuild.oci.digest import Digest
+    from ocibuild.store.referrers import fallback_tag, signature_tag
+
+    found: list[str] = []
+    queue = [digest]
+    while queue:
+        subject = Digest.parse(queue.pop())
+        refs = [str(d.digest) for d in store.referrers(Descriptor(mt.OCI_MANIFEST, subject, 0))]
+        for tag in (fallback_tag(subject), signature_tag(subject)):
+            try:
+                refs.append(str(store.resolve(tag).digest))
+            except NotFound:
+                pass
+        for ref in refs:
+            if ref in recorded and ref != digest and ref not in found:
+                found.append(ref)
+                queue.append(ref)
+    return found[::-1]
 
 
 __all__ = ["DEFAULT_GRACE", "GCReport", "collect", "release_and_collect"]

@@ -299,7 +299,13 @@ class RegistryStore:
         parsed = parse_manifest(raw, ctype)  # refuses a mediaType that contradicts Content-Type
         return Descriptor(parsed.media_type, actual, len(raw)), raw
 
-    def put_manifest(self, desc: Descriptor, raw: bytes, tag: str | None = None) -> Descriptor:
+    def put_manifest(
+        self, desc: Descriptor, raw: bytes, tag: str | None = None,
+        on_fallback: Callable[[Descriptor], None] | None = None,
+    ) -> Descriptor:
+        """Push a manifest. One with a ``subject`` the registry does not link itself (no ``OCI-Subject``
+        in the answer: no referrers API) is added to the ``sha256-<hex>`` fallback index, which
+        ``on_fallback`` is told before it is pushed."""
         verify_bytes(desc, raw)
         if len(raw) > MAX_MANIFEST_BYTES:
             raise ManifestError(f"manifest {desc.digest} is over the {MAX_MANIFEST_BYTES} byte limit")
@@ -321,7 +327,7 @@ class RegistryStore:
         resp.close()
         subject = getattr(parsed, "subject", None)
         if subject is not None and not has_subject_api:
-            self._add_to_fallback(subject, desc, parsed)  # type: ignore[arg-type]
+            self._add_to_fallback(subject, desc, parsed, on_fallback)  # type: ignore[arg-type]
         return Descriptor(desc.media_type, desc.digest, desc.size)
 
     def tag(self, desc: Descriptor, tag: str) -> None:
@@ -535,27 +541,33 @@ class RegistryStore:
     # -- referrers ----------------------------------------------------------------------------------
 
     def referrers(self, subject: Descriptor, artifact_type: str | None = None) -> list[Descriptor]:
+        """The referrers API (``GET /v2/<name>/referrers/<digest>``, ``artifactType`` filter, pages
+        over ``Link``), or the ``sha256-<hex>`` tag scheme when the registry answers 404 (no API).
+        The filter is applied here too: a registry may ignore it (no ``OCI-Filters-Applied``)."""
         params = {"artifactType": artifact_type} if artifact_type else None
         url: str | None = f"/v2/{self.repository}/referrers/{subject.digest}"
-        found: list[Descriptor] = []
-        filtered = False
+        found: dict[Digest, Descriptor] = {}
+        first, seen_urls = True, set[str]()
         while url is not None:
             resp = self._client.request(
                 "GET", url, scopes=self._pull, params=params, headers={"Accept": mt.OCI_INDEX}
             )
-            if resp.status_code == 404 and not found:
+            if resp.status_code == 404 and first:
                 resp.close()
                 return self._fallback_referrers(subject, artifact_type)
             if resp.status_code != 200:
                 raise self._fail(resp, f"referrers of {subject.digest.short()}")
-            index = Index.parse(_read_capped(resp, "referrers index"))
-            found.extend(index.manifests)
-            filtered = filtered or "artifactType" in resp.headers.get("OCI-Filters-Applied", "")
+            index = Index.parse(_read_capped(resp, f"{self.name}: referrers index"))
+            for desc in index.manifests:
+                found.setdefault(desc.digest, desc)
             nxt = resp.links.get("next", {}).get("url")
-            url, params = (urljoin(resp.url, nxt) if nxt else None), None
-        if artifact_type and not filtered:
-            found = [d for d in found if d.artifact_type == artifact_type]
-        return found
+            resp.close()
+            seen_urls.add(resp.url)
+            url = urljoin(resp.url, nxt) if nxt else None
+            if url in seen_urls:  # a server repeating a page: stop, as for tag lists
+                break
+            first, params = False, None
+        return [d for d in found.values() if not artifact_type or d.artifact_type == artifact_type]
 
     def _fallback_index(self, subject: Digest) -> list[Descriptor]:
         try:
@@ -571,7 +583,8 @@ class RegistryStore:
         entries = self._fallback_index(subject.digest)
         return [d for d in entries if artifact_type is None or d.artifact_type == artifact_type]
 
-    def _add_to_fallback(self, subject: Descriptor, desc: Descriptor, parsed: Manifest | Index) -> None:
+    def _add_to_fallback(self, subject: Descriptor, desc: Descriptor, parsed: Manifest | Index,
+                         on_fallback: Callable[[Descriptor], None] | None = None) -> None:
         """Read-modify-write of the ``sha256-<hex>`` fallback index (registries without referrers API)."""
         artifact = parsed.artifact_type or (parsed.config.media_type if isinstance(parsed, Manifest) else None)
         entry = Descriptor(
@@ -581,6 +594,8 @@ class RegistryStore:
             entries = [d for d in self._fallback_index(subject.digest) if d.digest != desc.digest]
             entries.append(entry)
             index = Index.build(entries)
+            if on_fallback is not None:
+                on_fallback(index.descriptor())
             self.put_manifest(index.descriptor(), index.raw, tag=fallback_tag(subject.digest))
 
     def close(self) -> None:
