@@ -88,15 +88,23 @@ def inspect(
             emit(f"System Buildpacks ({phase}):")
             for ref_ in info["system_buildpacks"][phase]:
                 emit(f"  {ref_.get('id')}@{ref_.get('version', '')}" + ("    (optional)" if ref_.get("optional") else ""))
-    emit("Buildpacks:")
-    if not info["buildpacks"]:
+    for title, modules, order_key in (("Buildpacks", "buildpacks", "detection_order"),
+                                      ("Extensions", "extensions", "detection_order_extensions")):
+        if title == "Extensions" and not info[modules] and not info[order_key]:
+            continue  # pack shows extensions only when the builder has some
+        _modules_and_order(title, info[modules], info[order_key])
+
+
+def _modules_and_order(title: str, modules: list, order: list) -> None:
+    emit(f"{title}:")
+    if not modules:
         emit("  (none)")
-    for bp in info["buildpacks"]:
+    for bp in modules:
         emit(f"  {bp['id']}@{bp['version']}" + (f"  {bp['homepage']}" if bp["homepage"] else ""))
-    emit("Detection Order:")
-    if not info["detection_order"]:
+    emit("Detection Order:" if title == "Buildpacks" else "Detection Order (Extensions):")
+    if not order:
         emit("  (none)")
-    for i, group in enumerate(info["detection_order"], 1):
+    for i, group in enumerate(order, 1):
         emit(f"  Group #{i}:")
         for ref_ in group["group"]:
             name = ref_["id"] + (f"@{ref_['version']}" if ref_.get("version") else "")

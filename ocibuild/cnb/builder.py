@@ -143,6 +143,7 @@ class Builder:
     order: Order = field(repr=False)
     order_extensions: Order = field(repr=False)
     stack_id: str = ""
+    extension_layers: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict, repr=False)
     mixins: tuple[str, ...] | None = None
     uid: int | None = None
     gid: int | None = None
@@ -202,6 +203,9 @@ def builder_from_parts(
     layers = _label_json(labels, LABEL_LAYERS, name) or {}
     if not isinstance(layers, dict) or not all(isinstance(v, dict) for v in layers.values()):
         raise InvalidBuilder(f"{name}: label {LABEL_LAYERS} is not an object of objects")
+    ext_layers = _label_json(labels, LABEL_EXTENSION_LAYERS, name) or {}
+    if not isinstance(ext_layers, dict) or not all(isinstance(v, dict) for v in ext_layers.values()):
+        raise InvalidBuilder(f"{name}: label {LABEL_EXTENSION_LAYERS} is not an object of objects")
     mixins = _label_json(labels, LABEL_MIXINS, name)
     env = dict(config.iter_env())
     uid = gid = None
@@ -227,6 +231,7 @@ def builder_from_parts(
         order=order,
         order_extensions=order_ext,
         stack_id=labels.get(LABEL_STACK_ID, ""),
+        extension_layers=_freeze(ext_layers),
         mixins=tuple(mixins) if isinstance(mixins, list) else None,
         uid=uid,
         gid=gid,
@@ -276,12 +281,14 @@ def inspect_builder(builder: Builder) -> dict[str, Any]:
 
     meta = builder.metadata
     apis = meta.lifecycle_apis
-    buildpacks = []
-    for bp_id in sorted(builder.buildpack_layers):
-        for version in sorted(builder.buildpack_layers[bp_id]):
-            info = builder.buildpack_layers[bp_id][version]
-            buildpacks.append({"id": bp_id, "version": version, "homepage": info.get("homepage", ""),
-                               "name": info.get("name", "")})
+    def modules(layers: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        return [{"id": bp_id, "version": version, "homepage": layers[bp_id][version].get("homepage", ""),
+                 "name": layers[bp_id][version].get("name", "")}
+                for bp_id in sorted(layers) for version in sorted(layers[bp_id])]
+
+    def groups(order: Any) -> list[dict[str, Any]]:
+        return [{"group": [dict(ref.to_dict(), optional=ref.optional) for ref in group]} for group in order]
+
     return {
         "name": builder.name,
         "digest": str(builder.digest),
@@ -297,10 +304,10 @@ def inspect_builder(builder: Builder) -> dict[str, Any]:
         },
         "native_lifecycle": declared_apis(),  # what ocibuild itself runs the builds with
         "system_buildpacks": _system_label(builder.labels),
-        "buildpacks": buildpacks,
-        "detection_order": [
-            {"group": [dict(ref.to_dict(), optional=ref.optional) for ref in group]} for group in builder.order
-        ],
+        "buildpacks": modules(builder.buildpack_layers),
+        "detection_order": groups(builder.order),
+        "extensions": modules(builder.extension_layers),
+        "detection_order_extensions": groups(builder.order_extensions),
         "uid": builder.uid,
         "gid": builder.gid,
     }

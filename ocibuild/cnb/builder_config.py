@@ -3,10 +3,11 @@
 Fields read (buildpacks/pack:builder/config_reader.go): ``description``, ``[[buildpacks]]`` (``uri``
 or ``image``), ``[[order]]``/``[[order.group]]``, ``[stack]`` (``id``, ``build-image``,
 ``run-image``, ``run-image-mirrors``), ``[build] image`` and ``[[build.env]]``, ``[[run.images]]``,
-``[system]`` pre/post buildpacks, ``[lifecycle] uri`` (a lifecycle tgz: a path, or an ``http(s)://`` URL fetched as buildpack URLs are,
+``[system]`` pre/post buildpacks, ``[[extensions]]`` (``uri``: a directory or ``.tgz``) and
+``[[order-extensions]]``, ``[lifecycle] uri`` (a lifecycle tgz: a path, or an ``http(s)://`` URL fetched as buildpack URLs are,
 see ``cnb/fetch.py``). Relative URIs are relative to
-the directory of the builder.toml. Anything else (``[[extensions]]``, ``[[order-extensions]]``,
-``[[targets]]``, ``[lifecycle] version`` without a ``uri``...) is refused in one line
+the directory of the builder.toml. Anything else (``[[targets]]``, ``[lifecycle] version``
+without a ``uri``, extension images...) is refused in one line
 naming it: a builder that silently lacks what its config asks for is worse than none.
 """
 
@@ -50,6 +51,8 @@ class BuilderConfig:
     lifecycle_uri: str
     lifecycle_version: str
     system: SystemBuildpacks = SystemBuildpacks()
+    extensions: tuple[BuildpackEntry, ...] = ()
+    order_extensions: Order = Order()
 
     @property
     def base_dir(self) -> Path:
@@ -77,9 +80,9 @@ _KNOWN: Mapping[str, frozenset[str] | None] = {
     "stack": frozenset({"id", "build-image", "run-image", "run-image-mirrors"}),
     "build": frozenset({"image", "env"}), "run": frozenset({"images"}), "lifecycle": frozenset({"uri", "version"}),
     "system": None,  # checked by parse_system
+    "extensions": frozenset({"uri", "id", "version"}), "order-extensions": None,
 }
 _WHY = {
-    "extensions": "image extensions are not run", "order-extensions": "image extensions are not run",
     "targets": "one builder per --platform: run builder create once per platform",
 }
 
@@ -120,14 +123,11 @@ def read_builder_config(path: str | os.PathLike[str]) -> BuilderConfig:
         raise UsageError(f"{path}: invalid TOML: {exc}") from None
     where = str(path)
     _refuse_unknown(doc, where)
-    entries = []
-    for item in doc.get("buildpacks") or []:
-        if not isinstance(item, Mapping):
-            raise UsageError(f"{where}: [[buildpacks]] entries must be tables")
-        entries.append(BuildpackEntry(_str(item.get("uri"), "buildpacks.uri"), _str(item.get("image"), "buildpacks.image"),
-                                      _str(item.get("id"), "buildpacks.id"), _str(item.get("version"), "buildpacks.version")))
+    entries = _entries(doc, "buildpacks", where)
+    extensions = _entries(doc, "extensions", where)
     try:
         order = parse_order(doc.get("order"), f"{where}: order")
+        order_ext = parse_order(doc.get("order-extensions"), f"{where}: order-extensions")
     except Exception as exc:
         raise UsageError(str(exc)) from None
     stack = _table(doc, "stack", where)
@@ -166,7 +166,32 @@ def read_builder_config(path: str | os.PathLike[str]) -> BuilderConfig:
         lifecycle_uri=_str(lifecycle.get("uri"), "lifecycle.uri"),
         lifecycle_version=_str(lifecycle.get("version"), "lifecycle.version"),
         system=parse_system(doc.get("system"), where),
+        extensions=extensions,
+        order_extensions=order_ext,
     )
+
+
+def _entries(doc: Mapping[str, Any], key: str, where: str) -> tuple[BuildpackEntry, ...]:
+    out = []
+    for item in doc.get(key) or []:
+        if not isinstance(item, Mapping):
+            raise UsageError(f"{where}: [[{key}]] entries must be tables")
+        out.append(BuildpackEntry(_str(item.get("uri"), f"{key}.uri"), _str(item.get("image"), f"{key}.image"),
+                                  _str(item.get("id"), f"{key}.id"), _str(item.get("version"), f"{key}.version")))
+    return tuple(out)
+
+
+def config_extensions(config: BuilderConfig) -> list[Buildpack]:
+    """The ``[[extensions]]`` of builder.toml: directories or archives (``uri``), relative to its directory."""
+    from ocibuild.cnb.buildpack import load_extensions
+
+    out: list[Buildpack] = []
+    for entry in config.extensions:
+        if not entry.uri or entry.uri.startswith(("http://", "https://", "docker://")):
+            raise UsageError(f"{config.path}: extension {entry.id or '?'} needs a uri naming a directory or "
+                             ".tgz (ocibuild does not fetch extension images or URLs)")
+        out.extend(load_extensions(entry.uri, base_dir=config.base_dir))
+    return out
 
 
 def config_buildpacks(config: BuilderConfig, platform: Platform | None = None, options: Any = None,
@@ -231,6 +256,7 @@ def create_builder(
     base = open_builder(base_store, identifier, platform=platform, name=config.build_image, require_metadata=False)
     ref = parse_reference(target, default_registry)
     buildpacks = config_buildpacks(config, platform, options, default_registry)
+    extensions = config_extensions(config)
     on_builder = {(str(b.get("id")), str(b.get("version"))) for b in base.metadata.raw.get("buildpacks") or []}
     config.system.check_present(on_builder | {(bp.id, bp.version) for bp in buildpacks})  # before any write
     target_store = open_parsed(ref, options, for_write=True)
@@ -243,6 +269,8 @@ def create_builder(
         stack_run_image=config.stack_run_image,
         build_config_env=config.build_env,
         system=config.system,
+        extensions=extensions,
+        order_extensions=config.order_extensions,
         validate=True,
         before_publish=before_publish,
     )

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
 from ocibuild.cnb.descriptor import (
+    KIND_BUILDPACK,
+    KIND_EXTENSION,
     BuildpackDescriptor,
     License,
     Order,
@@ -40,6 +42,7 @@ from ocibuild.cnb.descriptor import (
     escape_id,
     order_to_json,
     parse_descriptor,
+    parse_extension_descriptor,
     parse_order,
     parse_stacks,
     parse_targets,
@@ -56,6 +59,7 @@ from ocibuild.oci.manifest import ImageConfig, Index, Manifest, load_json, parse
 
 NORMALIZED_TIME = "1980-01-01T00:00:01Z"
 BUILDPACKS_DIR = "cnb/buildpacks"
+EXTENSIONS_DIR = "cnb/extensions"
 ASSUMED_API = "0.1"  # pack's dist.AssumedBuildpackAPIVersion
 LABEL_BUILDPACKAGE = "io.buildpacks.buildpackage.metadata"
 LABEL_LAYERS = "io.buildpacks.buildpack.layers"
@@ -89,14 +93,19 @@ class Buildpack:
     targets: tuple[TargetSpec, ...] = ()
     order: Order = Order()
     source: "LayerSource" = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    kind: str = KIND_BUILDPACK  # or KIND_EXTENSION: laid out under cnb/extensions
 
     @classmethod
     def from_descriptor(cls, desc: BuildpackDescriptor, source: "LayerSource | None" = None) -> "Buildpack":
         return cls(
             id=desc.id, version=desc.version, api=desc.api, name=desc.name, homepage=desc.homepage,
             description=desc.description, keywords=desc.keywords, licenses=desc.licenses, stacks=desc.stacks,
-            targets=desc.declared_targets, order=desc.order, source=source,  # type: ignore[arg-type]
+            targets=desc.declared_targets, order=desc.order, source=source, kind=desc.kind,  # type: ignore[arg-type]
         )
+
+    @property
+    def is_extension(self) -> bool:
+        return self.kind == KIND_EXTENSION
 
     @property
     def full_name(self) -> str:
@@ -201,7 +210,7 @@ def dist_entries(bp: Buildpack, entries: Iterable[TarEntry]) -> list[TarEntry]:
     """pack's ``toDistTar``: root-relative entries re-homed under ``cnb/buildpacks/<id>/<version>``,
     ``bin/build``, ``bin/detect`` and ``bin/generate`` executable. Fifos and device nodes are not
     buildpack content and are left out."""
-    id_dir = f"{BUILDPACKS_DIR}/{bp.escaped_id}"
+    id_dir = f"{EXTENSIONS_DIR if bp.is_extension else BUILDPACKS_DIR}/{bp.escaped_id}"
     base = f"{id_dir}/{bp.version}"
     out = [TarEntry.dir(id_dir), TarEntry.dir(base)]
     for e in entries:
@@ -541,6 +550,43 @@ def _load_archive(path: Path) -> list[Buildpack]:
     desc = _read_descriptor(decode_text(text, f"{path}:buildpack.toml"), path.absolute(), f"{path}:buildpack.toml",
                             names.__contains__)
     return [Buildpack.from_descriptor(desc, ArchiveSource(path))]
+
+
+def load_extensions(source: str | os.PathLike[str], *, base_dir: str | os.PathLike[str] | None = None
+                    ) -> list[Buildpack]:
+    """An image extension from a directory holding ``extension.toml`` or a ``.tgz``/``.tar`` of one
+    (``Buildpack`` records with ``kind="extension"``). Extension packages (images) are not read."""
+    text = _strip_file_uri(os.fspath(source))
+    path = Path(text) if base_dir is None or os.path.isabs(text) else Path(base_dir) / text
+    if not path.exists():
+        raise UsageError(f"extension {text!r}: no such directory or archive (extension images are not supported)")
+    if path.is_dir():
+        toml_path = path / "extension.toml"
+        if not toml_path.is_file():
+            raise UsageError(f"{path}: no extension.toml")
+        text_toml, where, source_obj = toml_path.read_bytes(), str(toml_path), DirectorySource(path)
+    else:
+        data = _archive_member(path, "extension.toml")
+        if data is None:
+            raise UsageError(f"{path}: no extension.toml at the archive root")
+        text_toml, where, source_obj = data, f"{path}:extension.toml", ArchiveSource(path)
+    try:
+        doc = tomllib.loads(decode_text(text_toml, where))
+    except tomllib.TOMLDecodeError as exc:
+        raise DescriptorError(f"{where}: invalid TOML: {exc}") from None
+    desc = parse_extension_descriptor(doc, path.absolute(), supported_apis=None, where=where)
+    return [Buildpack.from_descriptor(desc, source_obj)]
+
+
+def _archive_member(path: Path, member: str) -> bytes | None:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for info in tar:
+                if posixpath.normpath(info.name) == member and info.isreg():
+                    return tar.extractfile(info).read()  # type: ignore[union-attr]
+    except tarfile.TarError as exc:
+        raise UsageError(f"{path}: not an archive ({exc})") from None
+    return None
 
 
 def dedupe(buildpacks: Sequence[Buildpack]) -> list[Buildpack]:

@@ -28,6 +28,7 @@ from ocibuild.cnb.buildpack import (
     load_buildpacks,
 )
 from ocibuild.cnb.builder import (
+    LABEL_EXTENSION_LAYERS,
     LABEL_LAYERS,
     LABEL_METADATA,
     LABEL_MIXINS,
@@ -182,14 +183,22 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
-def order_toml(order: Order) -> str:
+def order_toml(order: Order, extensions: Order | None = None) -> str:
+    """``/cnb/order.toml``: ``[[order]]``, then ``[[order-extensions]]`` when the builder has extensions."""
+    text = _order_tables(order, "order")
+    if extensions:
+        text = (text + "\n" if text else "") + _order_tables(extensions, "order-extensions")
+    return text
+
+
+def _order_tables(order: Order, key: str) -> str:
     out = []
     for group in order:
-        out.append("[[order]]\n")
+        out.append(f"[[{key}]]\n")
         for ref in group:
-            out.append("\n  [[order.group]]\n")
-            for key, value in ref.to_dict().items():
-                out.append(f"    {key} = {_toml_value(value)}\n")
+            out.append(f"\n  [[{key}.group]]\n")
+            for name, value in ref.to_dict().items():
+                out.append(f"    {name} = {_toml_value(value)}\n")
         out.append("\n")
     return "".join(out).rstrip("\n") + "\n" if out else ""
 
@@ -218,16 +227,16 @@ def run_toml(images: Sequence[RunImage]) -> str:
 # Orders
 
 
-def resolve_order(buildpacks: Sequence[Mapping[str, Any]], order: Order) -> Order:
-    """pack's ``processOrder``: fill in versions from the builder's buildpacks; unknown or ambiguous
-    ids are errors."""
+def resolve_order(buildpacks: Sequence[Mapping[str, Any]], order: Order, kind: str = "buildpack") -> Order:
+    """pack's ``processOrder``: fill in versions from the builder's buildpacks (or extensions);
+    unknown or ambiguous ids are errors."""
     resolved = []
     for group in order:
         out = []
         for ref in group:
             versions = [str(bp.get("version", "")) for bp in buildpacks if bp.get("id") == ref.id]
             if not versions:
-                raise BuildpackNotFound(f"no versions of buildpack {ref.id} were found on the builder")
+                raise BuildpackNotFound(f"no versions of {kind} {ref.id} were found on the builder")
             version = ref.version
             if not version:
                 if len(set(versions)) > 1:
@@ -236,7 +245,7 @@ def resolve_order(buildpacks: Sequence[Mapping[str, Any]], order: Order) -> Orde
                     )
                 version = versions[0]
             if version not in versions:
-                raise BuildpackNotFound(f"buildpack {ref.id} with version {version} was not found on the builder")
+                raise BuildpackNotFound(f"{kind} {ref.id} with version {version} was not found on the builder")
             out.append(GroupElement(ref.id, version, ref.optional))
         resolved.append(Group(tuple(out)))
     return Order(tuple(resolved))
@@ -342,6 +351,8 @@ def compose_builder(
     stack_run_image: RunImage | None = None,
     build_config_env: Sequence[BuildConfigEnv] = (),
     system: SystemBuildpacks | None = None,
+    extensions: Iterable[Buildpack] = (),
+    order_extensions: Order | None = None,
     validate: bool = False,
     tag: str | None = "",
 ) -> ComposeResult:
@@ -354,10 +365,11 @@ def compose_builder(
     ``ocibuild.local/builder/<digest-hex[:20]>``, None leaves it untagged, anything else is the tag.
     """
     bps = _as_buildpacks(buildpacks)
+    exts = list(extensions)
     env = dict(env or {})
     replace_order = order is not None and bool(order) and bool(order.groups[0])
-    needed = bool(bps or env or replace_order or run_image or lifecycle or run_images or stack_run_image
-                  or build_config_env or system or description is not None)
+    needed = bool(bps or exts or order_extensions or env or replace_order or run_image or lifecycle or run_images
+                  or stack_run_image or build_config_env or system or description is not None)
     if not needed:
         return ComposeResult(builder.descriptor, builder.manifest, builder.config, (), False, None, builder, builder.store)
     for name in env:
@@ -386,9 +398,10 @@ def compose_builder(
             with lifecycle.entries(layers.workdir) as entries:
                 layers.add(entries)
         layers.buildpacks(bps, validate)  # 3. buildpacks
-        if replace_order:  # 4. order
-            assert order is not None
-            layers.order(order)
+        layers.extensions(exts)  # 3b. image extensions (cnb/extensions)
+        if replace_order or order_extensions:  # 4. order (and order-extensions)
+            layers.order(order if replace_order else builder.order,
+                         order_extensions if order_extensions else builder.order_extensions)
         if system:  # 4b. system buildpacks (Platform API 0.15)
             system.check_present({(str(b.get("id")), str(b.get("version"))) for b in meta["buildpacks"] or []})
             layers.add([TarEntry.file(SYSTEM_PATH.lstrip("/"), system.toml().encode())])
@@ -445,12 +458,38 @@ class _Layers:
             self.layers_md.setdefault(bp.id, {})[bp.version] = bp.layer_info_json(blob.diff_id)
         self.labels[LABEL_LAYERS] = label_text(_sorted_layers(self.layers_md))
 
-    def order(self, order: Order) -> None:
+    def extensions(self, exts: Sequence[Buildpack]) -> None:
+        """pack's extension layers: metadata ``extensions``, one layer per id@version (sorted), the
+        ``io.buildpacks.extension.layers`` label; a changed extension of the builder's whited out."""
+        if not exts:
+            return
+        known = {f"{e.get('id')}@{e.get('version')}" for e in self.meta["extensions"] or []}
+        ext_md: dict[str, dict[str, Any]] = thaw(self.builder.extension_layers)
+        to_add: dict[str, tuple[Buildpack, LayerBlob]] = {}
+        for ext in exts:
+            if ext.full_name not in known:
+                self.meta["extensions"] = (self.meta["extensions"] or []) + [ext.info_json()]
+                known.add(ext.full_name)
+            blob = ext.build_layer(self.workdir)
+            existing = (ext_md.get(ext.id) or {}).get(ext.version)
+            if existing is not None:
+                if existing.get("layerDiffID") == str(blob.diff_id):
+                    continue
+                self.add([TarEntry.file(f"cnb/extensions/{ext.escaped_id}/.wh.{ext.version}", b"")])
+            to_add[ext.full_name] = (ext, blob)
+        for key in sorted(to_add):
+            ext, blob = to_add[key]
+            self.blobs.append(blob)
+            ext_md.setdefault(ext.id, {})[ext.version] = ext.layer_info_json(blob.diff_id)
+        self.labels[LABEL_EXTENSION_LAYERS] = label_text(_sorted_layers(ext_md))
+
+    def order(self, order: Order, order_extensions: Order) -> None:
         resolved = resolve_order(self.meta["buildpacks"] or [], order)
-        self.add([TarEntry.file("cnb/order.toml", order_toml(resolved).encode())])
+        resolved_ext = resolve_order(self.meta["extensions"] or [], order_extensions, "extension")
+        self.add([TarEntry.file("cnb/order.toml", order_toml(resolved, resolved_ext).encode())])
         self.labels[LABEL_ORDER] = label_text(order_to_json(order))
         self.labels[LABEL_ORDER_EXTENSIONS] = label_text(
-            order_to_json(self.builder.order_extensions) if self.builder.order_extensions else None)
+            order_to_json(order_extensions) if order_extensions else None)
 
 
 def _publish(builder: Builder, layers: _Layers, scratch_store: Any, before_publish: BeforePublish | None,

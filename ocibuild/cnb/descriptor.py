@@ -22,6 +22,9 @@ from ocibuild.cnb.errors import (
 from ocibuild.errors import UsageError
 
 SUPPORTED_APIS: tuple[str, ...] = ("0.7", "0.8", "0.9", "0.10", "0.11", "0.12")
+EXTENSION_APIS: tuple[str, ...] = ("0.9", "0.10", "0.11", "0.12")  # extensions came with Buildpack API 0.9
+KIND_BUILDPACK, KIND_EXTENSION = "buildpack", "extension"
+DESCRIPTOR_FILES = {KIND_BUILDPACK: "buildpack.toml", KIND_EXTENSION: "extension.toml"}
 RESERVED_IDS = frozenset({"app", "config", "generated", "sbom"})
 _ID_RE = re.compile(r"^[A-Za-z0-9./-]+$")
 _API_RE = re.compile(r"^(\d+)\.(\d+)$")
@@ -89,6 +92,7 @@ class GroupElement:
     api: str = ""
     homepage: str = ""
     exec_env: tuple[str, ...] = ()
+    extension: bool = False  # an image extension (order-extensions), not a buildpack
 
     @classmethod
     def parse(cls, text: str, optional: bool = False) -> GroupElement:
@@ -259,6 +263,7 @@ class BuildpackDescriptor:
     """``[[targets]]`` as written (what distribution labels relay)."""
     stacks: tuple[Stack, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
+    kind: str = KIND_BUILDPACK  # or KIND_EXTENSION: an extension.toml (Platform API 0.13)
 
     @property
     def api_version(self) -> ApiVersion:
@@ -268,9 +273,14 @@ class BuildpackDescriptor:
     def is_composite(self) -> bool:
         return bool(self.order)
 
+    @property
+    def is_extension(self) -> bool:
+        return self.kind == KIND_EXTENSION
+
     def element(self, optional: bool = False) -> GroupElement:
         return GroupElement(
-            id=self.id, version=self.version, optional=optional, api=self.api, homepage=self.homepage
+            id=self.id, version=self.version, optional=optional, api=self.api, homepage=self.homepage,
+            extension=self.is_extension,
         )
 
     def __str__(self) -> str:
@@ -463,6 +473,52 @@ def load_descriptor(root: str | Path) -> BuildpackDescriptor:
     return parse_descriptor(_read_toml(root / "buildpack.toml"), root)
 
 
+def parse_extension_descriptor(
+    data: Mapping[str, Any],
+    root: Path,
+    *,
+    supported_apis: tuple[str, ...] | None = EXTENSION_APIS,
+    where: str | None = None,
+) -> BuildpackDescriptor:
+    """Validate an ``extension.toml``: ``api``, ``[extension]`` id/version (name, homepage...),
+    ``[[targets]]``. An extension has no order, no stacks and no ``clear-env``; ``bin/detect`` and
+    ``bin/generate`` are optional (``detect/plan.toml`` and ``generate/*.Dockerfile`` stand in)."""
+    where = where or str(root / "extension.toml")
+    info = data.get("extension")
+    if not isinstance(info, dict):
+        raise DescriptorError(f"{where}: [extension] table is required")
+    ext_id = validate_id(info.get("id"), where)
+    where = f"extension {ext_id}"
+    api = check_api(data.get("api"), where, supported_apis)
+    version = _str(info, "version", where)
+    if not version:
+        raise DescriptorError(f"{where}: version is required")
+    for key in ("order", "stacks"):
+        if data.get(key) is not None:
+            raise DescriptorError(f"{where}: an extension cannot have [[{key}]]")
+    declared = parse_targets(data.get("targets"), where)
+    keywords = info.get("keywords") or []
+    if not isinstance(keywords, list) or not all(isinstance(x, str) for x in keywords):
+        raise DescriptorError(f"{where}: keywords must be an array of strings")
+    licenses = tuple(License(_str(lic, "type", where), _str(lic, "uri", where))
+                     for lic in _tables(info.get("licenses"), "licenses", where))
+    metadata = data.get("metadata") or {}
+    return BuildpackDescriptor(
+        api=str(api), id=ext_id, version=version, path=root, name=_str(info, "name", where),
+        homepage=_str(info, "homepage", where), description=_str(info, "description", where),
+        keywords=tuple(keywords), licenses=licenses, targets=declared or (TargetSpec("linux"),),
+        declared_targets=declared,
+        metadata=MappingProxyType(dict(metadata)) if isinstance(metadata, dict) else _EMPTY,
+        kind=KIND_EXTENSION,
+    )
+
+
+def load_extension_descriptor(root: str | Path) -> BuildpackDescriptor:
+    """Read ``<root>/extension.toml``."""
+    root = Path(root).absolute()
+    return parse_extension_descriptor(_read_toml(root / "extension.toml"), root)
+
+
 def decode_text(data: bytes, where: str) -> str:
     """TOML files are UTF-8; anything else is a one-line descriptor error, not a traceback."""
     try:
@@ -486,9 +542,11 @@ class BuildpackStore:
     ``locate`` (optional) maps ``(id, version)`` to the host directory holding that buildpack, for
     a store whose buildpacks sit in a build image's extracted layers rather than under one root."""
 
-    def __init__(self, root: str | Path, locate: "Callable[[str, str], Path | None] | None" = None):
+    def __init__(self, root: str | Path, locate: "Callable[[str, str], Path | None] | None" = None,
+                 kind: str = KIND_BUILDPACK):
         self.root = Path(root).absolute()
         self._locate = locate
+        self.kind = kind
         self._cache: dict[tuple[str, str], BuildpackDescriptor] = {}
 
     def path(self, buildpack_id: str, version: str) -> Path | None:
@@ -500,14 +558,15 @@ class BuildpackStore:
         key = (buildpack_id, version)
         if key not in self._cache:
             path = self.path(buildpack_id, version)
-            if path is None or not (path / "buildpack.toml").is_file():
+            name = DESCRIPTOR_FILES[self.kind]
+            if path is None or not (path / name).is_file():
                 raise BuildpackNotFound(
-                    f"buildpack {buildpack_id}@{version} not found in {self.root}", buildpack=buildpack_id
+                    f"{self.kind} {buildpack_id}@{version} not found in {self.root}", buildpack=buildpack_id
                 )
-            desc = load_descriptor(path)
+            desc = load_extension_descriptor(path) if self.kind == KIND_EXTENSION else load_descriptor(path)
             if desc.id != buildpack_id or desc.version != version:
                 raise DescriptorError(
-                    f"{path}/buildpack.toml declares {desc} but is stored as {buildpack_id}@{version}",
+                    f"{path}/{name} declares {desc} but is stored as {buildpack_id}@{version}",
                     buildpack=buildpack_id,
                 )
             self._cache[key] = desc

@@ -6,6 +6,11 @@ leaves the rest of the group to be tried alone); a buildpack id already tried in
 is not tried again; each id@version's bin/detect runs once per detection. A group passes when every
 non-optional member passes, at least one passes, and a plan resolves. Exit codes: 20 when no group
 passed, 21 when additionally a bin/detect errored (exit other than 0/100 or a refused plan).
+
+Image extensions (Platform API 0.13): the ``order-extensions`` are tried ahead of every group as an
+optional composite whose members are all optional (the lifecycle's ``PrependExtensions``); an
+extension without ``bin/detect`` passes with its ``detect/plan.toml``; its plan may provide, never
+require. A group needs at least one buildpack besides its extensions.
 """
 
 from __future__ import annotations
@@ -18,19 +23,21 @@ from typing import Mapping
 from ocibuild.cnb.descriptor import (
     BuildpackDescriptor,
     BuildpackStore,
+    Group,
     GroupElement,
     Order,
     Target,
 )
 from ocibuild.cnb.env import BuildEnv
 from ocibuild.cnb.execenv import applies
-from ocibuild.cnb.errors import DetectErrored, DetectFailed
+from ocibuild.cnb.errors import BuildpackNotFound, DetectErrored, DetectFailed
 from ocibuild.cnb.plan import BuildPlan, Plan, PlanError, Unresolvable, read_build_plan, resolve
 from ocibuild.cnb.sandbox import DIRECT, Owner, Sandbox, give, phase_dir
 
 CODE_PASS = 0
 CODE_FAIL = 100
 NO_GROUP_MESSAGE = "No buildpack groups passed detection."
+_EXTENSIONS = GroupElement("<order-extensions>", optional=True)  # stands for the order-extensions in a group
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,11 @@ class DetectRun:
 
 @dataclass(frozen=True)
 class DetectResult:
-    group: tuple[GroupElement, ...]
+    group: tuple[GroupElement, ...]  # the buildpacks
     plan: Plan
     runs: tuple[DetectRun, ...]
     log: tuple[str, ...]
+    group_extensions: tuple[GroupElement, ...] = ()  # the extensions that passed, in order
 
 
 class _GroupFailed(Exception):
@@ -71,8 +79,13 @@ class _Detector:
         check_targets: bool,
         tmp_dir: Path | None = None,
         owner: Owner | None = None,
+        extensions: BuildpackStore | None = None,
+        order_extensions: Order = Order(),
     ):
         self.store = store
+        self.extensions = extensions
+        self.order_extensions = Order(tuple(
+            Group(tuple(replace(el, optional=True, extension=True) for el in g)) for g in order_extensions))
         self.app_dir = app_dir
         self.platform_dir = platform_dir
         self.environ = environ
@@ -104,16 +117,18 @@ class _Detector:
         self, elements: tuple[GroupElement, ...], done: list[GroupElement]
     ) -> tuple[tuple[GroupElement, ...], Plan]:
         for i, element in enumerate(elements):
-            if any(d.id == element.id for d in done):
+            if element is _EXTENSIONS:
+                return self.detect_order(self.order_extensions, done, elements[i + 1 :], True)
+            if any(d.id == element.id and d.extension == element.extension for d in done):
                 continue
             if not applies(element.exec_env, self.exec_env):  # an entry for another environment
                 continue
-            desc = self.store.lookup(element.id, element.version)
+            desc = self._lookup(element)
             if desc.is_composite:
                 return self.detect_order(desc.order, done, elements[i + 1 :], element.optional)
             member = replace(element, api=desc.api, homepage=desc.homepage)
             done.append(member)
-            key = str(member)
+            key = _key(member)
             if key in self.runs:
                 continue
             if self.check_targets and desc.targets and not any(self.target.satisfies(t) for t in desc.targets):
@@ -132,8 +147,25 @@ class _Detector:
             self.runs[key] = self.run_detect(desc, member)
         return self.resolve(done)
 
+    def _lookup(self, element: GroupElement) -> BuildpackDescriptor:
+        if not element.extension:
+            return self.store.lookup(element.id, element.version)
+        if self.extensions is None:
+            raise BuildpackNotFound(f"extension {element} named, but the builder has no /cnb/extensions",
+                                    buildpack=element.id)
+        return self.extensions.lookup(element.id, element.version)
+
     # -- one bin/detect -----------------------------------------------------------------------------
     def run_detect(self, desc: BuildpackDescriptor, member: GroupElement) -> DetectRun:
+        if desc.is_extension and not (desc.path / "bin" / "detect").exists():
+            return _static_detect(desc, member)  # an extension without bin/detect passes
+        run = self._run_detect(desc, member)
+        if desc.is_extension and run.code == CODE_PASS and any(o.requires for o in run.plan.options()):
+            return DetectRun(member, -1, run.output, error=f"extension {desc.id} must not require (its plan has "
+                             "[[requires]]; extensions only provide)")
+        return run
+
+    def _run_detect(self, desc: BuildpackDescriptor, member: GroupElement) -> DetectRun:
         sb = self.sandbox
         api = desc.api_version
         with phase_dir("ocibuild-plan-", self.tmp_dir, self.owner) as tmp:
@@ -143,7 +175,7 @@ class _Detector:
             env = BuildEnv(self.environ).with_overrides(
                 None if desc.clear_env else self.platform_dir, self.build_config_dir
             )
-            env["CNB_BUILDPACK_DIR"] = sb.visible(desc.path)
+            env["CNB_EXTENSION_DIR" if desc.is_extension else "CNB_BUILDPACK_DIR"] = sb.visible(desc.path)
             if api.at_least("0.8"):
                 env["CNB_PLATFORM_DIR"] = sb.visible(self.platform_dir)
                 env["CNB_BUILD_PLAN_PATH"] = sb.visible(plan_path)
@@ -174,7 +206,7 @@ class _Detector:
 
     # -- Resolve ------------------------------------------------------------------------------------
     def resolve(self, done: list[GroupElement]) -> tuple[tuple[GroupElement, ...], Plan]:
-        runs = [self.runs[str(el)] for el in done]
+        runs = [self.runs[_key(el)] for el in done]
         for run in runs:
             self.log.extend(_output_block(run))
         self.log.append("======== Results ========")
@@ -194,7 +226,7 @@ class _Detector:
                 detected = detected and el.optional
         if not detected:
             raise _GroupFailed(errored)
-        if not any_passed:
+        if not any(run.code == CODE_PASS and not run.element.extension for run in runs):
             self.log.append("fail: no viable buildpacks in group")
             raise _GroupFailed(False)
         try:
@@ -222,6 +254,8 @@ def detect(
     check_targets: bool = False,
     tmp_dir: Path | None = None,
     owner: Owner | None = None,
+    extensions: BuildpackStore | None = None,
+    order_extensions: Order = Order(),
 ) -> DetectResult:
     """Find the first group of ``order`` that passes detection and resolve its plan.
 
@@ -230,6 +264,7 @@ def detect(
     other host paths appear where buildpacks expect them. ``check_targets`` applies the Platform
     API 0.12 target filter (buildpack ``[[targets]]`` against ``target``). ``tmp_dir`` holds the
     plans (a directory the sandbox shows), owned by ``owner`` (the build user, as root).
+    ``order_extensions`` (found in ``extensions``) are tried ahead of every group of ``order``.
     """
     store = buildpacks_dir if isinstance(buildpacks_dir, BuildpackStore) else BuildpackStore(buildpacks_dir)
     detector = _Detector(
@@ -244,7 +279,11 @@ def detect(
         check_targets,
         Path(tmp_dir) if tmp_dir is not None else None,
         owner,
+        extensions,
+        order_extensions,
     )
+    if order_extensions:
+        order = Order(tuple(Group((_EXTENSIONS, *g.elements)) for g in order))
     try:
         group, plan = detector.detect_order(order, [], (), False)
     except _GroupFailed as failed:
@@ -260,7 +299,24 @@ def detect(
                 f"{NO_GROUP_MESSAGE} Buildpack(s) errored: {', '.join(bad)}", log=log, report=_errored_report(detector)
             ) from None
         raise DetectFailed(NO_GROUP_MESSAGE, log=log) from None
-    return DetectResult(group, plan, tuple(detector.runs.values()), tuple(detector.log))
+    return DetectResult(tuple(e for e in group if not e.extension), plan, tuple(detector.runs.values()),
+                        tuple(detector.log), tuple(e for e in group if e.extension))
+
+
+def _key(element: GroupElement) -> str:
+    return f"extension:{element}" if element.extension else str(element)
+
+
+def _static_detect(desc: BuildpackDescriptor, member: GroupElement) -> DetectRun:
+    """An extension with no ``bin/detect``: it passes, providing what ``detect/plan.toml`` says."""
+    try:
+        plan = read_build_plan(desc.path / "detect" / "plan.toml")
+    except PlanError as err:
+        return DetectRun(member, -1, "", error=f"extension {desc.id} detect/plan.toml: {err}")
+    if any(o.requires for o in plan.options()):
+        return DetectRun(member, -1, "", error=f"extension {desc.id} must not require (detect/plan.toml has "
+                         "[[requires]]; extensions only provide)")
+    return DetectRun(member, CODE_PASS, "", plan)
 
 
 def _output_block(run: DetectRun) -> list[str]:

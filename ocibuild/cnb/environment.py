@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocibuild.cnb.descriptor import BuildpackStore, escape_id
+from ocibuild.cnb.descriptor import KIND_EXTENSION, BuildpackStore, escape_id
 from ocibuild.cnb.rootfs import RootFS
 from ocibuild.cnb.sandbox import NETWORKS, Mount, Sandbox
 from ocibuild.errors import UsageError
@@ -72,6 +72,7 @@ class BuildEnvironment:
     platform: Path
     build_config: Path | None = None  # the builder's /cnb/build-config (builder.toml [[build.env]])
     io: Path | None = None  # where plans for buildpacks are written (shown at IO_DIR)
+    extensions: BuildpackStore | None = None  # the builder's /cnb/extensions
 
     @property
     def owner(self) -> tuple[int, int] | None:
@@ -176,9 +177,13 @@ def prepare(
     def locate(bp_id: str, version: str) -> Path | None:
         return rootfs.find(f"/cnb/buildpacks/{escape_id(bp_id)}/{version}")
 
+    def locate_extension(ext_id: str, version: str) -> Path | None:
+        return rootfs.find(f"/cnb/extensions/{escape_id(ext_id)}/{version}")
+
     store = BuildpackStore(Path("/cnb/buildpacks"), locate)
+    extensions = BuildpackStore(Path("/cnb/extensions"), locate_extension, KIND_EXTENSION)
     built = BuildEnvironment(sandbox, store, env, uid, gid, layers, workspace, platform,
-                             rootfs.find("/cnb/build-config"), io)
+                             rootfs.find("/cnb/build-config"), io, extensions)
     if built.owns_files:
         for path in (layers, platform, io):
             chown_tree(path, uid, gid)
@@ -197,4 +202,5 @@ def _unisolated(rootfs: RootFS, env: dict[str, str], uid: int, gid: int, layers:
     sandbox = Sandbox((), "direct")
     store = BuildpackStore(Path("/cnb/buildpacks"))
     return BuildEnvironment(sandbox, store, {**env, **{k: v for k, v in os.environ.items() if k == "HOME"}},
-                            uid, gid, layers, workspace, platform, Path("/cnb/build-config"), io)
+                            uid, gid, layers, workspace, platform, Path("/cnb/build-config"), io,
+                            BuildpackStore(Path("/cnb/extensions"), kind=KIND_EXTENSION))

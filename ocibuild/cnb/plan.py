@@ -111,11 +111,12 @@ class Plan:
 
     entries: tuple[PlanEntry, ...] = ()
 
-    def find(self, buildpack_id: str) -> tuple[Require, ...]:
-        """The bp-plan of one buildpack: the requires of every entry it provides."""
+    def find(self, buildpack_id: str, extension: bool = False) -> tuple[Require, ...]:
+        """The bp-plan of one buildpack (or extension): the requires of every entry it provides.
+        What an extension provides goes to the extension's generate, not to a buildpack."""
         out: list[Require] = []
         for entry in self.entries:
-            if any(p.id == buildpack_id for p in entry.providers):
+            if any(p.id == buildpack_id and p.extension == extension for p in entry.providers):
                 out.extend(entry.requires)
         return tuple(out)
 
@@ -127,7 +128,8 @@ class Plan:
         return {
             "entries": [
                 {
-                    "providers": [{"id": p.id, "version": p.version} for p in e.providers],
+                    "providers": [{"id": p.id, "version": p.version, **({"extension": True} if p.extension else {})}
+                                  for p in e.providers],
                     "requires": [r.to_dict() for r in e.requires],
                 }
                 for e in self.entries

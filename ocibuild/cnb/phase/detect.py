@@ -19,20 +19,29 @@ class DetectPhase:
     order: Order
     target: Target  # buildpack [[targets]] are checked against it (Platform API 0.12)
     exec_env: str = DEFAULT_EXEC_ENV  # CNB_EXEC_ENV (Platform API 0.15): entries for other environments are skipped
+    order_extensions: Order = Order()  # tried ahead of every group (image extensions, Platform API 0.13)
 
     def run(self) -> DetectResult:
         env = self.environment
         result = detect(self.order, env.buildpacks, env.workspace, env.platform, env=env.image_env,
                         target=self.target, build_config_dir=env.build_config, exec_env=self.exec_env,
                         sandbox=env.sandbox, check_targets=True,
-                        tmp_dir=env.io, owner=env.owner)
-        write_group(env, result.group)
+                        tmp_dir=env.io, owner=env.owner, extensions=env.extensions,
+                        order_extensions=self.order_extensions)
+        write_group(env, result.group, result.group_extensions)
         return result
 
 
-def write_group(env: BuildEnvironment, group: tuple[GroupElement, ...]) -> None:
-    doc = {"group": [{k: v for k, v in (("id", e.id), ("version", e.version), ("api", str(e.api or "")),
-                                          ("homepage", e.homepage or "")) if v} for e in group]}
+def write_group(env: BuildEnvironment, group: tuple[GroupElement, ...],
+                extensions: tuple[GroupElement, ...] = ()) -> None:
+    """``<layers>/group.toml``: ``[[group]]`` and, when extensions passed, ``[[group-extensions]]``."""
+    def entry(e: GroupElement) -> dict[str, str]:
+        return {k: v for k, v in (("id", e.id), ("version", e.version), ("api", str(e.api or "")),
+                                  ("homepage", e.homepage or "")) if v}
+
+    doc: dict[str, list[dict[str, str]]] = {"group": [entry(e) for e in group]}
+    if extensions:
+        doc["group-extensions"] = [entry(e) for e in extensions]
     path = env.layers / "group.toml"
     path.write_text(tomli_w.dumps(doc))
     give(path, env.owner)
