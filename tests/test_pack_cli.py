@@ -286,15 +286,16 @@ def test_pre_and_post_buildpacks_wrap_the_group(tmp_path: Path, app: Path) -> No
     assert out["group"] == ["test/pre@1.0.0", PROCFILE, "test/post@1.0.0"]
 
 
-def test_trust_builder_is_accepted_and_lifecycle_image_extension_refused(tmp_path: Path, app: Path) -> None:
+def test_trust_builder_is_accepted_lifecycle_image_and_missing_extension_refused(tmp_path: Path, app: Path) -> None:
     scratch = tmp_path / "scratch"
     out = build_json(f"oci:{tmp_path}/out:a", "--trust-builder", scratch=scratch, app=app)
     assert out["digest"].startswith("sha256:")
-    for flag in (("--lifecycle-image", "buildpacksio/lifecycle:0.20"), ("--extension", "./ext")):
+    for flag in (("--lifecycle-image", "buildpacksio/lifecycle:0.20"), ("--extension", "ext/none")):
         proc = ocibuild("build", f"oci:{tmp_path}/out:b", "--path", str(app), *flag, scratch=tmp_path / "s2",
                         check=False)
         assert flag[0] in one_line_error(proc)
-        assert not (tmp_path / "s2").exists()
+        # the lifecycle image is refused before anything; the extension once the builder is read
+        assert not (tmp_path / "s2").exists() if flag[0] == "--lifecycle-image" else not (tmp_path / "out").exists()
     unknown = ocibuild("build", f"oci:{tmp_path}/out:c", "--path", str(app), "--docker-host", "inherit",
                        scratch=tmp_path / "s3", check=False)
     assert "--docker-host" in one_line_error(unknown)
@@ -506,8 +507,8 @@ def warm(tmp_path: Path, app: Path) -> Path:
 
 
 @pytest.mark.parametrize(("extra", "named"), [
-    ('[[extensions]]\nid = "ext/x"\nuri = "./ext"\n', "[[extensions]]"),
-    ('[[order-extensions]]\n[[order-extensions.group]]\nid = "ext/x"\n', "[[order-extensions]]"),
+    ('[[extensions]]\nid = "ext/x"\nuri = "docker://ext/x:1"\n', "extension ext/x needs a uri naming a directory"),
+    ('[[extensions]]\nid = "ext/x"\nuri = "./no-such-ext"\n', "no such directory or archive"),
     ('[[targets]]\nos = "linux"\narch = "arm64"\n', "[[targets]]"),
     ('[system.pre]\nbuildpacks = [{ id = "x/y" }]\n', "system buildpack x/y needs a version"),
     ('[lifecycle]\nversion = "0.20.1"\n', "[lifecycle] version"),

@@ -79,6 +79,7 @@ def build(
     builder: Optional[str] = typer.Option(None, "--builder", "-B", help="Builder image (default: ocibuild's embedded busybox builder)."),
     path: Path = typer.Option(Path("."), "--path", "-p", help="App directory."),
     buildpack: list[str] = typer.Option([], "--buildpack", "-b", help="An existing path (directory, .tgz, .cnb), else id[@version] on the builder, else a buildpackage image reference (repeatable)."),
+    extension: list[str] = typer.Option([], "--extension", help="An image extension: a directory or .tgz with extension.toml, else id[@version] on the builder; replaces the builder's order-extensions (repeatable)."),
     env: list[str] = typer.Option([], "--env", "-e", help="Build-time env KEY=VALUE (repeatable)."),
     env_file: list[Path] = typer.Option([], "--env-file", help="File of KEY=VALUE lines."),
     run_image: Optional[str] = typer.Option(None, "--run-image", help="Run image (default: the builder's)."),
@@ -111,7 +112,6 @@ def build(
     post_buildpack: list[str] = typer.Option([], "--post-buildpack", help="Buildpack run after every group (repeatable; replaces project.toml's post group)."),
     trust_builder: bool = typer.Option(False, "--trust-builder", help="Accepted: every builder's buildpacks run isolated anyway."),
     lifecycle_image: Optional[str] = typer.Option(None, "--lifecycle-image", help="Refused: ocibuild runs no lifecycle image."),
-    extension: list[str] = typer.Option([], "--extension", help="Refused: image extensions are not supported yet."),
     exec_env: str = typer.Option("production", "--exec-env", envvar="CNB_EXEC_ENV", help="Execution environment (CNB_EXEC_ENV): buildpacks, group entries and processes for others are left out."),
     disable_system_buildpacks: bool = typer.Option(False, "--disable-system-buildpacks", help="Do not add the builder's system buildpacks (/cnb/system.toml) to the groups."),
     attest: bool = typer.Option(False, "--attest", help="Attach the SBOMs and a SLSA provenance to the image as OCI referrers (also done by --sign-key)."),
@@ -127,7 +127,6 @@ def build(
     from ocibuild.cnb.packflags import parse_cache, parse_pull_policy, refuse
 
     refuse("--lifecycle-image", lifecycle_image, "the lifecycle's phases run in-process, not from an image")
-    refuse("--extension", extension, "image extensions (Dockerfiles) are not run")
     del trust_builder  # accepted for pack's command lines: nothing is trusted more than anything else
     caches = parse_cache(cache, cache_image=cache_image, cache_dir=cache_dir)
     opts = global_options(ctx)
@@ -139,6 +138,7 @@ def build(
     try:
         outcome = _run_build(run_build, BuildOptions(
             image=image, path=path, builder=builder, buildpacks=tuple(buildpack), env=_env(env, env_file),
+            extensions=tuple(extension),
             run_image=run_image, tags=tuple(tag), cache_image=caches.image, cache_dir=caches.directory,
             cache_volume=caches.volume, publish=publish, previous_image=previous_image,
             report_output_dir=report_output_dir, pull_policy=parse_pull_policy(pull_policy),

@@ -6,8 +6,8 @@ imports it only for its path and constants. Standard library only, so the interp
 
 SPEC (JSON): ``mode`` ``root`` (real root: no user namespace) or ``user`` (a user namespace mapping the
 caller to ``uid``/``gid``); ``uid``/``gid`` the identity the command runs as; ``root`` either
-``{"layers": [dirs, lowest first], "readonly": bool, "home": path}`` (an overlayfs of the image's
-extracted layers over a throw-away tmpfs upper) or ``{"host": [names to skip]}`` (the host's top-level
+``{"layers": [dirs, lowest first], "readonly": bool, "home": path, "upper": dir}`` (an overlayfs of
+the image's extracted layers over a throw-away tmpfs upper, or over ``<upper>/diff`` when given) or ``{"host": [names to skip]}`` (the host's top-level
 entries bound on a tmpfs: for library use, never for a build); ``new_root`` an empty directory;
 ``isolate`` (PID, IPC and UTS namespaces, ``/proc``, a minimal ``/dev``, a private ``/tmp``);
 ``network`` ``host`` or ``none`` (a network namespace with only loopback); ``hostname``;
@@ -109,14 +109,20 @@ def _overlay(layers: list[str], target: str, upper: str, work: str) -> None:
 
 
 def image_root(spec: dict, base: str) -> str:
-    """The image's layers as an overlay with a throw-away tmpfs upper directory; returns its path."""
+    """The image's layers as an overlay with a throw-away tmpfs upper directory (or, with ``upper``,
+    ``<upper>/diff``, kept: an extension's RUN is snapshotted from it); returns its path."""
     root = spec["root"]
     for d in ("upper", "work", "root"):
         os.mkdir(f"{base}/{d}")
+    upper, work = f"{base}/upper", f"{base}/work"
+    if root.get("upper"):
+        upper, work = f"{root['upper']}/diff", f"{root['upper']}/work"
+        os.makedirs(upper, exist_ok=True)
+        os.makedirs(work, exist_ok=True)
     layers = root["layers"] or [f"{base}/empty"]
     if not root["layers"]:
         os.mkdir(layers[0])
-    _overlay(layers, f"{base}/root", f"{base}/upper", f"{base}/work")
+    _overlay(layers, f"{base}/root", upper, work)
     return f"{base}/root"
 
 

@@ -51,6 +51,7 @@ class BuildOptions:
     path: Path = Path(".")
     builder: str | None = None
     buildpacks: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()  # --extension: directories/.tgz or id[@version] on the builder
     env: Mapping[str, str] = field(default_factory=dict)
     run_image: str | None = None
     tags: tuple[str, ...] = ()
@@ -211,9 +212,13 @@ class _Build:
         order = _effective_order(builders.effective)
         if opts.system_buildpacks:
             order = read_system_toml(rootfs.read_text(SYSTEM_TOML)).around(order)
-        detected = phases.run("detecting", DetectPhase(env, order, target, opts.exec_env).run)
+        detected = phases.run("detecting", DetectPhase(env, order, target, opts.exec_env,
+                                                       _effective_order(builders.effective, extensions=True)).run)
         group_names = tuple(f"{e.id}@{e.version}" for e in detected.group)
         self.say("group: " + ", ".join(group_names))
+        if detected.group_extensions:
+            self.say("extensions: " + ", ".join(str(e) for e in detected.group_extensions))
+            env, run_source, target = self._extensions(builders, rootfs, env, detected, run_source, target)
 
         target_store = Recorded(open_parsed(self.dest.image, opts.registry_options, for_write=True), self.lease)
         previous = _previous(target_store, self.dest.image.identifier, opts)
@@ -253,6 +258,67 @@ class _Build:
                                   say=self.say, also=other_repositories(self.dest, self.opts.registry_options,
                                                                         self.lease))
 
+    # -- image extensions (Platform API 0.13) ----------------------------------------------------------------
+    def _extensions(self, builders: _Builders, rootfs: RootFS, env: BuildEnvironment, detected: Any,
+                    run_source: RunImageSource, target: Any) -> tuple[BuildEnvironment, RunImageSource, Any]:
+        """generate, then the run-image switch (run.Dockerfile ``FROM``) and the build-image extension
+        (build.Dockerfile, run in the build environment, kept as an ephemeral build image)."""
+        from ocibuild.cnb.phase import ExtendPhase, GeneratePhase
+        from ocibuild.cnb.rootfs import ExtractedLayers
+
+        current = run_source.read_as or run_source.name
+        generated = self.phases.run("generating", lambda: GeneratePhase(
+            env, target, self.work / "generated", current).run(detected))
+        if generated.run_image is not None:
+            self.say(f"run image switched by an extension: {generated.run_image}")
+            run_source, target = self._switched_run_image(generated.run_image)
+        if not generated.build_dockerfiles:
+            return env, run_source, target
+        b = builders.effective
+        extended = self.phases.run("extending", lambda: ExtendPhase(
+            env, rootfs, b.config, self.work / "extend", b.name, self.say).run(generated))
+        manifest, config = self._publish_extended(b, extended)
+        stores = [self.scratch_store, builders.original.store]
+        new_rootfs = ExtractedLayers(self.scratch.root).ensure(manifest, config, stores, self.lease, name=b.name)
+        return self._prepare(new_rootfs, config), run_source, target
+
+    def _switched_run_image(self, name: str) -> tuple[RunImageSource, Any]:
+        from ocibuild.cnb.export import RunImageSource
+        from ocibuild.cnb.runimage import platform_manifest, qualified, target_of
+
+        store, ident = _open(name, self.opts)
+        ident = platform_manifest(store, ident or "latest", self.opts.platform)
+        full = qualified(name, self.opts.default_registry)
+        return RunImageSource(store, ident, full, (), read_as=full), target_of(store, ident)
+
+    def _publish_extended(self, builder: Builder, extended: Any) -> tuple[Any, Any]:
+        """The extended build image into the scratch layout, untagged and ephemeral under the lease:
+        ``ocibuild gc`` (and the collection after this build) removes it once the build is over."""
+        import io
+
+        from ocibuild.cnb.buildpack import LayerBlob
+        from ocibuild.cnb.extend import ROLE_EXTENDED_BUILD_IMAGE
+        from ocibuild.oci.manifest import Manifest
+
+        store, lease = self.scratch_store, self.lease
+        blobs = [LayerBlob.from_result(layer.result) for layer in extended.layers]
+        docker = builder.is_docker
+        descs = [b.descriptor(docker) for b in blobs]
+        manifest = Manifest.build(extended.config.descriptor(), [*builder.manifest.layers, *descs],
+                                  media_type=builder.manifest.media_type)
+        hook = lease.publish_hook(store, ROLE_EXTENDED_BUILD_IMAGE, ephemeral=True)
+        with store.writer_lock():
+            lease.ledger.hold(lease.id, [d.digest for d in (*descs, extended.config.descriptor())],
+                              _layout_location(store))
+            for blob in blobs:
+                blob.publish(store, docker=docker, before_publish=hook)
+            if not store.has_blob(extended.config.descriptor()):
+                store.put_blob(extended.config.descriptor(), io.BytesIO(extended.config.raw), before_publish=hook)
+        desc = lease.put_manifest(store, manifest.descriptor(), manifest.raw, role=ROLE_EXTENDED_BUILD_IMAGE,
+                                  ephemeral=True)
+        self.say(f"extended build image {desc.digest.short()} ({len(descs)} layer(s) from extensions)")
+        return manifest, extended.config
+
     # -- the builder -----------------------------------------------------------------------------------
     def _builders(self, project: Project) -> _Builders:
         from ocibuild.cnb.builder import builder_from_parts, open_builder
@@ -273,8 +339,10 @@ class _Build:
             store, builder_id or "latest", platform=opts.platform))
         digest = original.digest  # identity, captured before anything is composed
         extra, order = requested_buildpacks(opts, project, original)
+        extensions, order_extensions = _requested_extensions(opts.extensions, original)
         composed = self.phases.run("composing builder", lambda: compose_builder(
             original, buildpacks=extra, order=order, env={**project.env, **opts.env},
+            extensions=extensions, order_extensions=order_extensions,
             run_image=opts.run_image, scratch_store=scratch_store,
             before_publish=lease.publish_hook(scratch_store, ROLE_EPHEMERAL_BUILDER, ephemeral=True),
             ledger=lease.ledger, tag=None,
@@ -297,7 +365,7 @@ class _Build:
     # -- the environment -------------------------------------------------------------------------------
     def _environment(self, builder: Builder, rootfs: RootFS, project: Project,
                      cleanup: contextlib.ExitStack) -> BuildEnvironment:
-        from ocibuild.cnb.environment import check_in_builder, prepare
+        from ocibuild.cnb.environment import check_in_builder
         from ocibuild.cnb.workspace import prepared as prepared_workspace
         from ocibuild.cnb.workspace import sync
 
@@ -324,9 +392,16 @@ class _Build:
             layers.mkdir()
             workspace = self.phases.run("preparing workspace", lambda: cleanup.enter_context(
                 prepared_workspace(self.app, self.scratch.root, self.work / "workspace", include, owner)))
-        return prepare(rootfs=rootfs, config=builder.config, uid=uid, gid=gid, layers=layers, workspace=workspace,
-                       platform=platform, io=io, image_layers=opts.layers_dir, image_workspace=opts.workspace,
-                       volumes=self.volumes, network=opts.network, isolation=opts.isolation)
+        self._env_args = dict(uid=uid, gid=gid, layers=layers, workspace=workspace, platform=platform, io=io,
+                              image_layers=opts.layers_dir, image_workspace=opts.workspace, volumes=self.volumes,
+                              network=opts.network, isolation=opts.isolation)
+        return self._prepare(rootfs, builder.config)
+
+    def _prepare(self, rootfs: RootFS, config: Any) -> BuildEnvironment:
+        """The build environment on ``rootfs`` (the builder's, or the extended build image's)."""
+        from ocibuild.cnb.environment import prepare
+
+        return prepare(rootfs=rootfs, config=config, **self._env_args)
 
     # -- the run image -----------------------------------------------------------------------------------
     def _run_image(self, builders: _Builders) -> tuple[RunImageSource, Any]:
@@ -478,19 +553,56 @@ def _project(opts: BuildOptions, app: Path) -> Project:
     return load_project(Path(path), opts.exec_env)
 
 
-def _effective_order(b: Builder) -> Order:
-    """The builder's order with every version resolved (a bare id must name one version on the builder)."""
+def _effective_order(b: Builder, *, extensions: bool = False) -> Order:
+    """The builder's order (or order-extensions) with every version resolved (a bare id must name
+    one version on the builder)."""
     from ocibuild.cnb.descriptor import Group, GroupElement, Order
+
+    layers = b.extension_layers if extensions else b.buildpack_layers
+    kind = "extension" if extensions else "buildpack"
 
     def resolved(el: GroupElement) -> GroupElement:
         if el.version:
             return el
-        versions = sorted((b.buildpack_layers.get(el.id) or {}).keys())
+        versions = sorted((layers.get(el.id) or {}).keys())
         if len(versions) != 1:
-            raise BuildpackNotFound(f"buildpack {el.id} is not on the builder (or is ambiguous)", buildpack=el.id)
+            raise BuildpackNotFound(f"{kind} {el.id} is not on the builder (or is ambiguous)", buildpack=el.id)
         return replace(el, version=versions[0])
 
-    return Order(tuple(Group(tuple(resolved(el) for el in group)) for group in b.order))
+    order = b.order_extensions if extensions else b.order
+    return Order(tuple(Group(tuple(resolved(el) for el in group)) for group in order))
+
+
+def _requested_extensions(texts: tuple[str, ...], builder: Builder) -> tuple[list[Any], Order | None]:
+    """``--extension``: extensions to add (paths) and the one order-extensions group they make."""
+    import os
+
+    from ocibuild.cnb.buildpack import load_extensions
+    from ocibuild.cnb.descriptor import Group, GroupElement, Order
+
+    if not texts:
+        return [], None
+    added, group = [], []
+    for text in texts:
+        if os.path.exists(text.removeprefix("file://")):
+            ext = load_extensions(text)[0]
+            added.append(ext)
+            group.append(GroupElement(ext.id, ext.version, extension=True))
+            continue
+        ref = GroupElement.parse(text)
+        versions = sorted((builder.extension_layers.get(ref.id) or {}).keys())
+        if ref.version and ref.version not in versions or not versions or (not ref.version and len(versions) > 1):
+            raise UsageError(f"--extension {text}: not a directory or archive, and not an extension on the builder"
+                             f" ({', '.join(versions) or 'it has none of that id'})")
+        group.append(GroupElement(ref.id, ref.version or versions[0], extension=True))
+    return added, Order((Group(tuple(group)),))
+
+
+def _layout_location(store: Any) -> str:
+    from ocibuild.ledger.scratch import layout_location
+
+    return layout_location(store.path)
+
 
 
 def _previous(store: Store, identifier: str | None, opts: BuildOptions) -> dict[str, Any] | None:

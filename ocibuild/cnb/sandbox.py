@@ -74,6 +74,7 @@ class Sandbox:
     readonly_root: bool = False
     home: str = ""
     files: tuple[tuple[str, str], ...] = ()
+    upper: str = ""  # a host directory that keeps what the command changes (``<upper>/diff``), not a tmpfs
 
     def visible(self, host: Path | str) -> str:
         """The path a sandboxed command sees for host path ``host``."""
@@ -93,7 +94,7 @@ class Sandbox:
         """The helper's instructions (see ``_mountns``)."""
         if self.rootfs is not None:
             root: dict = {"layers": [str(p) for p in self.rootfs.layers], "readonly": self.readonly_root,
-                          "home": self.home}
+                          "home": self.home, "upper": self.upper}
         else:
             root = {"host": sorted({m.target.strip("/") for m in self.mounts
                                     if m.target.strip("/") and "/" not in m.target.strip("/")})}

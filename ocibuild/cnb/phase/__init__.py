@@ -6,6 +6,8 @@ from ocibuild.cnb.phase.build import BuildPhase
 from ocibuild.cnb.phase.cache import CachePhase
 from ocibuild.cnb.phase.detect import DetectPhase
 from ocibuild.cnb.phase.export import ExportPhase
+from ocibuild.cnb.phase.extend import ExtendPhase
+from ocibuild.cnb.phase.generate import GeneratePhase
 from ocibuild.cnb.phase.restore import RestorePhase
 
-__all__ = ["BuildPhase", "CachePhase", "DetectPhase", "ExportPhase", "RestorePhase"]
+__all__ = ["BuildPhase", "CachePhase", "DetectPhase", "ExportPhase", "ExtendPhase", "GeneratePhase", "RestorePhase"]
