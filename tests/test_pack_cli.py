@@ -291,11 +291,11 @@ def test_trust_builder_is_accepted_lifecycle_image_and_missing_extension_refused
     out = build_json(f"oci:{tmp_path}/out:a", "--trust-builder", scratch=scratch, app=app)
     assert out["digest"].startswith("sha256:")
     for flag in (("--lifecycle-image", "buildpacksio/lifecycle:0.20"), ("--extension", "ext/none")):
-        proc = ocibuild("build", f"oci:{tmp_path}/out:b", "--path", str(app), *flag, scratch=tmp_path / "s2",
+        proc = ocibuild("build", f"oci:{tmp_path}/refused:b", "--path", str(app), *flag, scratch=tmp_path / "s2",
                         check=False)
         assert flag[0] in one_line_error(proc)
         # the lifecycle image is refused before anything; the extension once the builder is read
-        assert not (tmp_path / "s2").exists() if flag[0] == "--lifecycle-image" else not (tmp_path / "out").exists()
+        assert not (tmp_path / "s2").exists() if flag[0] == "--lifecycle-image" else not (tmp_path / "refused").exists()
     unknown = ocibuild("build", f"oci:{tmp_path}/out:c", "--path", str(app), "--docker-host", "inherit",
                        scratch=tmp_path / "s3", check=False)
     assert "--docker-host" in one_line_error(unknown)
