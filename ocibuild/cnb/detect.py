@@ -9,8 +9,8 @@ passed, 21 when additionally a bin/detect errored (exit other than 0/100 or a re
 
 Image extensions (Platform API 0.13): the ``order-extensions`` are tried ahead of every group as an
 optional composite whose members are all optional (the lifecycle's ``PrependExtensions``); an
-extension without ``bin/detect`` passes with its ``detect/plan.toml``; its plan may provide, never
-require. A group needs at least one buildpack besides its extensions.
+extension without ``bin/detect`` passes with its ``detect/plan.toml`` (or ``plan.toml``); its plan
+may provide, never require (``extension <id> outputs "requires" which is not allowed``). A group needs at least one buildpack besides its extensions.
 """
 
 from __future__ import annotations
@@ -161,8 +161,8 @@ class _Detector:
             return _static_detect(desc, member)  # an extension without bin/detect passes
         run = self._run_detect(desc, member)
         if desc.is_extension and run.code == CODE_PASS and any(o.requires for o in run.plan.options()):
-            return DetectRun(member, -1, run.output, error=f"extension {desc.id} must not require (its plan has "
-                             "[[requires]]; extensions only provide)")
+            return DetectRun(member, -1, run.output, error=f'extension {desc.id} outputs "requires" which is '
+                             "not allowed (extensions only provide)")
         return run
 
     def _run_detect(self, desc: BuildpackDescriptor, member: GroupElement) -> DetectRun:
@@ -175,7 +175,9 @@ class _Detector:
             env = BuildEnv(self.environ).with_overrides(
                 None if desc.clear_env else self.platform_dir, self.build_config_dir
             )
-            env["CNB_EXTENSION_DIR" if desc.is_extension else "CNB_BUILDPACK_DIR"] = sb.visible(desc.path)
+            env["CNB_BUILDPACK_DIR"] = sb.visible(desc.path)  # the lifecycle sets it for extensions too
+            if desc.is_extension:
+                env["CNB_EXTENSION_DIR"] = sb.visible(desc.path)
             if api.at_least("0.8"):
                 env["CNB_PLATFORM_DIR"] = sb.visible(self.platform_dir)
                 env["CNB_BUILD_PLAN_PATH"] = sb.visible(plan_path)
@@ -308,14 +310,16 @@ def _key(element: GroupElement) -> str:
 
 
 def _static_detect(desc: BuildpackDescriptor, member: GroupElement) -> DetectRun:
-    """An extension with no ``bin/detect``: it passes, providing what ``detect/plan.toml`` says."""
+    """An extension with no ``bin/detect``: it passes, providing what its ``detect/plan.toml`` (or
+    ``plan.toml``, as the lifecycle reads it) says."""
+    path = desc.path / "detect" / "plan.toml"
     try:
-        plan = read_build_plan(desc.path / "detect" / "plan.toml")
+        plan = read_build_plan(path if path.is_file() else desc.path / "plan.toml")
     except PlanError as err:
         return DetectRun(member, -1, "", error=f"extension {desc.id} detect/plan.toml: {err}")
     if any(o.requires for o in plan.options()):
-        return DetectRun(member, -1, "", error=f"extension {desc.id} must not require (detect/plan.toml has "
-                         "[[requires]]; extensions only provide)")
+        return DetectRun(member, -1, "", error=f'extension {desc.id} outputs "requires" which is not '
+                         "allowed (extensions only provide)")
     return DetectRun(member, CODE_PASS, "", plan)
 
 

@@ -150,6 +150,9 @@ def parse_dockerfile(path: Path, kind: str) -> Dockerfile:
     if base is None:
         raise DockerfileError(f"{where}: no FROM (a generated Dockerfile starts with ARG base_image, "
                               "FROM ${base_image})")
+    if kind == "build" and [name for name, _ in before] != [BASE_IMAGE_ARG]:
+        raise DockerfileError(f"{where}: build.Dockerfile did not start with required ARG command "
+                              "(exactly ARG base_image before FROM)")
     df = Dockerfile(path, kind, base, tuple(instructions), tuple(before))
     if kind == "build" and df.switches_image:
         raise DockerfileError(f"{where}: FROM {base}: a build.Dockerfile extends the build image "

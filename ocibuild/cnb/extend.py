@@ -2,9 +2,10 @@
 
 Where the lifecycle's extender hands them to kaniko, ocibuild runs each ``RUN`` in the build
 environment itself: the builder's file system as an overlay whose upper directory is kept, as the
-Dockerfile's ``USER`` (root unless it says otherwise, as ``docker build`` would with a builder
-whose config names no user; the CNB user otherwise), in the same namespaces buildpacks get, before
-any buildpack runs. What one extension's Dockerfile changed (its upper directory, overlay
+user ``docker build`` would (the image config's ``User`` until a ``USER`` changes it: extensions
+say ``USER root`` to install packages and ``USER ${user_id}:${group_id}`` at the end), in the same
+namespaces buildpacks get, before any buildpack runs. Build args: ``base_image``, ``build_id`` (a
+fresh UUID), ``user_id``, ``group_id`` and ``extend-config.toml``'s ``[[build.args]]``. What one extension's Dockerfile changed (its upper directory, overlay
 whiteouts turned into ``.wh.`` entries) becomes one layer; the layers, the ``ENV`` and ``LABEL``
 changes make the ephemeral build image (``ExtendedImage``), which the caller writes to the scratch
 layout under the build's lease (ledger role ``extended-build-image``) so that it is collected after
@@ -103,6 +104,9 @@ class Extender:
             state.args = {}
             for instruction in gen.build.instructions:
                 self._instruction(gen, instruction, state, base_args, RootFS(tuple(lower)), upper)
+            if resolve_user(state.user, RootFS(tuple(lower)))[0] == 0:
+                self.say(f"warning: extension {gen.extension}: build.Dockerfile leaves the user as root "
+                         "(buildpacks still run as the CNB user)")
             diff = upper / "diff"
             if diff.is_dir() and any(diff.iterdir()):
                 result = write_layer(snapshot_entries(diff, self.sandbox.mode == "user"),

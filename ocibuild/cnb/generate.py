@@ -1,8 +1,10 @@
 """Generation: each detected extension's ``bin/generate`` writes the Dockerfiles that extend the images.
 
-An extension runs in the build environment as the build user (as buildpacks do), with
-``CNB_EXTENSION_DIR``, ``CNB_OUTPUT_DIR``, ``CNB_PLATFORM_DIR``, ``CNB_BP_PLAN_PATH`` and the target's
-``CNB_TARGET_*``; one without ``bin/generate`` contributes its ``generate/{build,run}.Dockerfile``.
+An extension runs in the build environment as the build user (as buildpacks do):
+``bin/generate <output> <platform> <plan>`` in the app directory, with ``CNB_EXTENSION_DIR``,
+``CNB_OUTPUT_DIR``, ``CNB_PLATFORM_DIR``, ``CNB_BP_PLAN_PATH`` and the target's ``CNB_TARGET_*``; one
+without ``bin/generate`` contributes its ``generate/`` directory as its output. Each gets the plan
+entries it provides, which then leave the plan (buildpacks do not get what an extension met).
 What it writes is copied out of the sandbox and parsed (``cnb.dockerfile``) before anything uses
 it: ``build.Dockerfile`` extends the build image, ``run.Dockerfile`` may switch the run image (each
 one's ``${base_image}`` is the run image the previous extensions chose), ``extend-config.toml``
@@ -23,7 +25,7 @@ from ocibuild.cnb.descriptor import BuildpackDescriptor, BuildpackStore, GroupEl
 from ocibuild.cnb.dockerfile import Dockerfile, DockerfileError, parse_dockerfile
 from ocibuild.cnb.env import BuildEnv
 from ocibuild.cnb.errors import BuildpackError
-from ocibuild.cnb.plan import Plan, write_bp_plan
+from ocibuild.cnb.plan import Plan, Require, write_bp_plan
 from ocibuild.cnb.sandbox import DIRECT, Owner, Sandbox, give, phase_dir
 
 DOCKERFILES = ("build", "run")
@@ -52,6 +54,7 @@ class Generated:
 class GenerateResult:
     generated: tuple[Generated, ...]
     run_image: str | None  # the run image the run.Dockerfiles switched to (None: unchanged)
+    plan: Plan  # what is left for the buildpacks
 
     @property
     def build_dockerfiles(self) -> tuple[Generated, ...]:
@@ -82,30 +85,33 @@ def generate(
     for element in extensions:
         desc = store.lookup(element.id, element.version)
         dest = out_dir / escape_id(desc.id)
-        _run_generate(desc, plan, dest, app_dir, platform_dir, BuildEnv(env), target or Target(), build_config_dir, sb,
+        requires = plan.find(desc.id, extension=True)
+        _run_generate(desc, requires, dest, app_dir, platform_dir, BuildEnv(env), target or Target(), build_config_dir, sb,
                       tmp_dir, owner, output if output is not None else sys.stderr)
         generated = _read_outputs(element, dest)
         if generated.run is not None:
             current = generated.run.image(current)
         out.append(generated)
-    return GenerateResult(tuple(out), current if current != run_image else None)
+        plan = plan.filter({r.name for r in requires})
+    return GenerateResult(tuple(out), current if current != run_image else None, plan)
 
 
-def _run_generate(desc: BuildpackDescriptor, plan: Plan, dest: Path, app_dir: Path, platform_dir: Path,
+def _run_generate(desc: BuildpackDescriptor, requires: tuple[Require, ...], dest: Path, app_dir: Path,
+                  platform_dir: Path,
                   build_env: BuildEnv,
                   target: Target, config_dir: Path | None, sb: Sandbox, tmp_dir: Path | None, owner: Owner | None,
                   output: TextIO) -> None:
     generate_bin = desc.path / "bin" / "generate"
-    if not generate_bin.exists():  # static Dockerfiles in <extension>/generate/
-        dest.mkdir(parents=True)
-        for kind in DOCKERFILES:
-            static = desc.path / "generate" / f"{kind}.Dockerfile"
-            if static.is_file():
-                shutil.copyfile(static, dest / f"{kind}.Dockerfile")
+    if not generate_bin.exists():  # <extension>/generate/ is the output, ready-made
+        static = desc.path / "generate"
+        if static.is_dir():
+            shutil.copytree(static, dest, symlinks=True)
+        else:
+            dest.mkdir(parents=True)
         return
     with phase_dir(f"ocibuild-generate-{escape_id(desc.id)}-", tmp_dir, owner) as tmp:
         plan_path, output_dir = tmp / "plan.toml", tmp / "output"
-        write_bp_plan(plan_path, plan.find(desc.id, extension=True))
+        write_bp_plan(plan_path, requires)
         give(plan_path, owner)
         output_dir.mkdir()
         give(output_dir, owner)
@@ -114,7 +120,8 @@ def _run_generate(desc: BuildpackDescriptor, plan: Plan, dest: Path, app_dir: Pa
                         "CNB_PLATFORM_DIR": sb.visible(platform_dir), "CNB_BP_PLAN_PATH": sb.visible(plan_path),
                         **target.env()})
         try:
-            proc = sb.run([sb.visible(generate_bin)], cwd=sb.visible(app_dir), env=run_env,
+            argv = [sb.visible(generate_bin), sb.visible(output_dir), sb.visible(platform_dir), sb.visible(plan_path)]
+            proc = sb.run(argv, cwd=sb.visible(app_dir), env=run_env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         except OSError as err:
             raise BuildpackError(f"extension {desc}: cannot run bin/generate: {err}", buildpack=desc.id) from None

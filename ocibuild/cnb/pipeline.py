@@ -98,6 +98,7 @@ class BuildOutcome:
     uploaded_bytes: int
     phases: Mapping[str, float]
     gc: Mapping[str, Any] | None
+    extended_build_image: str | None = None  # the ephemeral build image extensions made (collected after)
 
 
 class _Phases:
@@ -179,6 +180,7 @@ class _Build:
         self.opts, self.dest, self.app, self.scratch, self.lease, self.say = opts, dest, app, scratch, lease, say
         self.volumes = volumes
         self.phases = _Phases(say)
+        self.extended_build_image: str | None = None
         self.scratch_store = scratch.open_layout()
         self.work = scratch.work_path / lease.id
 
@@ -216,16 +218,17 @@ class _Build:
                                                        _effective_order(builders.effective, extensions=True)).run)
         group_names = tuple(f"{e.id}@{e.version}" for e in detected.group)
         self.say("group: " + ", ".join(group_names))
+        plan = detected.plan
         if detected.group_extensions:
             self.say("extensions: " + ", ".join(str(e) for e in detected.group_extensions))
-            env, run_source, target = self._extensions(builders, rootfs, env, detected, run_source, target)
+            env, run_source, target, plan = self._extensions(builders, rootfs, env, detected, run_source, target)
 
         target_store = Recorded(open_parsed(self.dest.image, opts.registry_options, for_write=True), self.lease)
         previous = _previous(target_store, self.dest.image.identifier, opts)
         cache = _cache(opts, self.scratch)
         if not opts.clear_cache:
             phases.run("restoring", lambda: RestorePhase(env, cache, previous, opts.layers_dir).run(detected.group))
-        built = phases.run("building", lambda: BuildPhase(env, target, opts.exec_env).run(detected.group, detected.plan))
+        built = phases.run("building", lambda: BuildPhase(env, target, opts.exec_env).run(detected.group, plan))
 
         export = ExportPhase(target_store, self.dest.image.identifier, run_source,
                              self._export_options(env, rootfs, project, target_store), previous)
@@ -244,7 +247,7 @@ class _Build:
             image=opts.image, digest=str(result.descriptor.digest), builder_digest=str(builders.original.digest),
             ephemeral_builder=str(composed.digest) if composed.ephemeral else None, group=group_names,
             uploaded=len(result.uploaded), uploaded_bytes=sum(sizes.get(d, 0) for d in result.uploaded),
-            phases=dict(phases.times), gc=None,
+            phases=dict(phases.times), gc=None, extended_build_image=self.extended_build_image,
         )
 
     def _attest(self, target: Any, image: Any, built: Any, builders: _Builders, run: RunImageSource,
@@ -260,7 +263,7 @@ class _Build:
 
     # -- image extensions (Platform API 0.13) ----------------------------------------------------------------
     def _extensions(self, builders: _Builders, rootfs: RootFS, env: BuildEnvironment, detected: Any,
-                    run_source: RunImageSource, target: Any) -> tuple[BuildEnvironment, RunImageSource, Any]:
+                    run_source: RunImageSource, target: Any) -> tuple[BuildEnvironment, RunImageSource, Any, Any]:
         """generate, then the run-image switch (run.Dockerfile ``FROM``) and the build-image extension
         (build.Dockerfile, run in the build environment, kept as an ephemeral build image)."""
         from ocibuild.cnb.phase import ExtendPhase, GeneratePhase
@@ -273,14 +276,14 @@ class _Build:
             self.say(f"run image switched by an extension: {generated.run_image}")
             run_source, target = self._switched_run_image(generated.run_image)
         if not generated.build_dockerfiles:
-            return env, run_source, target
+            return env, run_source, target, generated.plan
         b = builders.effective
         extended = self.phases.run("extending", lambda: ExtendPhase(
             env, rootfs, b.config, self.work / "extend", b.name, self.say).run(generated))
         manifest, config = self._publish_extended(b, extended)
         stores = [self.scratch_store, builders.original.store]
         new_rootfs = ExtractedLayers(self.scratch.root).ensure(manifest, config, stores, self.lease, name=b.name)
-        return self._prepare(new_rootfs, config), run_source, target
+        return self._prepare(new_rootfs, config), run_source, target, generated.plan
 
     def _switched_run_image(self, name: str) -> tuple[RunImageSource, Any]:
         from ocibuild.cnb.export import RunImageSource
@@ -317,6 +320,7 @@ class _Build:
         desc = lease.put_manifest(store, manifest.descriptor(), manifest.raw, role=ROLE_EXTENDED_BUILD_IMAGE,
                                   ephemeral=True)
         self.say(f"extended build image {desc.digest.short()} ({len(descs)} layer(s) from extensions)")
+        self.extended_build_image = str(desc.digest)
         return manifest, extended.config
 
     # -- the builder -----------------------------------------------------------------------------------
