@@ -373,3 +373,24 @@ def _append_raw_layer(builder_ref: str, layout: Path, files: list[tuple[str, str
     new = Manifest.build(new_config.descriptor(), [*manifest.layers, desc])
     store.put_manifest(new.descriptor(), new.raw, tag="evil")
     return f"oci:{layout}:evil"
+
+
+def test_a_build_dockerfile_runs_as_root_in_the_namespace_as_root_and_unprivileged(
+        runner: Runner, probe: Probe, registry) -> None:  # noqa: ANN001
+    """The build-image extension on a rootless runner too: the RUN is root in the build's own user
+    namespace (the caller mapped to 0), its changes (a rewritten and a removed file) are a layer the
+    buildpack then sees, and the buildpack still runs as the CNB user."""
+    ext = runner.base / "ext"
+    (ext / "generate").mkdir(parents=True)
+    (ext / "extension.toml").write_text('api = "0.12"\n[extension]\nid = "test/env-ext"\nversion = "1.0.0"\n')
+    (ext / "generate" / "build.Dockerfile").write_text(
+        "ARG base_image\nFROM ${base_image}\nUSER root\n"
+        'RUN echo "extended by uid $(id -u)" > /etc/probe-marker && rm /etc/os-release && touch /etc/os-release\n'
+        "USER 1234:1234\n")
+    runner.own(ext)
+    proc = _build(runner, probe, registry.url, "--extension", str(ext))
+    seen = _report(probe, "build.txt")
+    assert "extensions: test/env-ext@1.0.0" in proc.stderr
+    assert seen["marker"] == "extended by uid 0"
+    assert seen["os_id"] == ""  # the RUN emptied it: the buildpack sees the extended build image
+    assert (seen["uid"], seen["gid"]) == ("1234", "1234")
