@@ -58,7 +58,6 @@ class ExtendedImage:
 
     config: ImageConfig
     layers: tuple[ExtendedLayer, ...]
-    lower: tuple[Path, ...]  # the upper directories, usable as extracted layers until published
 
 
 @dataclass
@@ -113,13 +112,13 @@ class Extender:
                                      tmp_dir=self.work, media_type=mt.OCI_LAYER_GZIP)
                 layers.append(ExtendedLayer(str(gen.extension), result))
                 lower.append(diff)
-        return ExtendedImage(self._config(state, layers), tuple(layers), tuple(lower[len(self.rootfs.layers):]))
+        return ExtendedImage(self._config(state, layers), tuple(layers))
 
     # -- instructions ------------------------------------------------------------------------------
     def _instruction(self, gen: Generated, ins: Instruction, state: _State, build_args: Mapping[str, str],
                      rootfs: RootFS, upper: Path) -> None:
         values = {**state.env, **state.args}
-        where = f"extension {gen.extension}: {gen.build.path.name if gen.build else ''}:{ins.line}"
+        where = f"extension {gen.extension}: build.Dockerfile:{ins.line}"
         if ins.keyword == "ARG":
             name, default = parse_arg(ins)
             state.args[name] = build_args.get(name, substitute(default, values) if default is not None else "")
@@ -136,33 +135,33 @@ class Extender:
             path = substitute(ins.text, values)
             state.workdir = os.path.normpath(os.path.join(state.workdir, path))
             if rootfs.find(state.workdir) is None:
-                self._run(("/bin/mkdir", "-p", state.workdir), "/", "0", state, rootfs, upper, where)
+                self._run(("/bin/mkdir", "-p", state.workdir), "/", "0", state, rootfs, upper, gen, where)
         elif ins.keyword == "SHELL":
             assert ins.exec_form is not None
             state.shell = ins.exec_form
         elif ins.keyword == "RUN":
             argv = ins.exec_form if ins.exec_form is not None else (*state.shell, ins.text)
-            self._run(argv, state.workdir, state.user, state, rootfs, upper, where)
+            self.say(f"{where}: RUN {ins.text}")
+            self._run(argv, state.workdir, state.user, state, rootfs, upper, gen, where)
         elif ins.keyword == "COPY":
             self._copy(gen, ins, state, values, rootfs, upper, where)
         else:  # parse_dockerfile refused everything else
             raise DockerfileError(f"{where}: {ins.keyword} is not supported")
 
     def _run(self, argv: Sequence[str], cwd: str, user: str, state: _State, rootfs: RootFS, upper: Path,
-             where: str) -> None:
+             gen: Generated, where: str) -> None:
         uid, gid = resolve_user(user, rootfs)
         sandbox = replace(self.sandbox, rootfs=rootfs, uid=uid, gid=gid, upper=str(upper), readonly_root=False,
                           mounts=())
         env = {**state.env, **state.args}
         env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         env.setdefault("HOME", "/root" if uid == 0 else "/")
-        self.say(f"{where}: RUN {' '.join(argv[len(DEFAULT_SHELL):]) if argv[:2] == DEFAULT_SHELL else argv}")
         proc = sandbox.run(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.output.write(proc.stdout.decode("utf-8", "replace"))
         self.output.flush()
         if proc.returncode != 0:
             how = f"exit status {proc.returncode}" if proc.returncode > 0 else f"signal {-proc.returncode}"
-            raise ExtendError(f"{where}: RUN failed ({how})", buildpack=where.split(":")[0])
+            raise ExtendError(f"{where}: RUN failed ({how})", buildpack=gen.extension.id)
 
     def _copy(self, gen: Generated, ins: Instruction, state: _State, values: Mapping[str, str], rootfs: RootFS,
               upper: Path, where: str) -> None:
@@ -242,14 +241,13 @@ def _copy_into(src: Path, dest: Path, owner: tuple[int, int], rootless: bool) ->
     dest.parent.mkdir(parents=True, exist_ok=True)
     if src.is_dir():
         shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+        copied = [dest, *dest.rglob("*")]
     else:
         shutil.copy2(src, dest, follow_symlinks=False)
+        copied = [dest]
     if not rootless:
-        for top, dirs, files in os.walk(dest) if dest.is_dir() else [(str(dest.parent), [], [dest.name])]:
-            if dest.is_dir():
-                os.lchown(top, *owner)
-            for name in (*dirs, *files):
-                os.lchown(os.path.join(top, name), *owner)
+        for path in copied:
+            os.lchown(path, *owner)
 
 
 def snapshot_entries(diff: Path, rootless: bool) -> list[TarEntry]:
