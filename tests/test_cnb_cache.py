@@ -19,7 +19,8 @@ def _round_trip(tmp_path: Path, cache) -> None:
     first = cache.save(layers, uid=1000, gid=1000)
     names = {bp["key"]: set(bp["layers"]) for bp in first.metadata["buildpacks"]}
     assert names == {"test/runtime": {"runtime", "cache-only"}}  # only cache=true layers
-    assert len(first.written) == 2 and first.reused == ()
+    assert len(first.written) == 3 and first.reused == ()  # two layers and the cache SBOM layer
+    assert first.metadata["sbom"]["sha"] == first.written[-1]
     second = cache.save(layers, uid=1000, gid=1000)
     assert second.written == () and sorted(second.reused) == sorted(first.written)
 
@@ -41,6 +42,10 @@ def _round_trip(tmp_path: Path, cache) -> None:
     assert (fresh / "test_app" / "deps.toml").exists() and not (fresh / "test_app" / "deps").exists()
     assert not (fresh / "test_runtime" / "build-only.toml").exists()  # build-only: never restored
     assert 'remember = "me"' in (fresh / "test_runtime" / "store.toml").read_text()
+    # the runtime layer's SBOM came back with it, through layers/sbom/cache
+    assert (fresh / "sbom" / "cache" / "test_runtime" / "runtime" / "sbom.cdx.json").is_file()
+    assert (fresh / "test_runtime" / "runtime.sbom.cdx.json").read_bytes() == \
+        (layers / "test_runtime" / "runtime.sbom.cdx.json").read_bytes()
 
 
 def test_dir_cache(tmp_path: Path) -> None:
@@ -52,7 +57,7 @@ def test_dir_cache(tmp_path: Path) -> None:
     (tmp_path / "layers" / "test_runtime" / "cache-only" / "data").write_text("changed\n")
     res = cache.save(tmp_path / "layers", uid=1000, gid=1000)
     assert len(res.written) == 1
-    assert len(list((tmp_path / "cache" / "committed").glob("*.tar"))) == 2
+    assert len(list((tmp_path / "cache" / "committed").glob("*.tar"))) == 3
 
 
 def test_image_cache(tmp_path: Path) -> None:
@@ -61,7 +66,7 @@ def test_image_cache(tmp_path: Path) -> None:
     _round_trip(tmp_path, cache)
     _d, manifest = load_manifest(store, "cache")
     config = load_config(store, manifest.config)
-    assert len(manifest.layers) == 2
+    assert len(manifest.layers) == 3
     assert json.loads(config.labels[CACHE_LABEL])["buildpacks"][0]["key"] == "test/runtime"
 
 
@@ -74,7 +79,8 @@ def test_second_build_uploads_nothing(tmp_path: Path) -> None:
     cache = DirCache(tmp_path / "cache")
     opts = ExportOptions(tmp_path / "layers", tmp_path / "workspace")
     first = export(app, "app", RunImageSource(runs, "run", "example.com/run"), opts)
-    cache.save(tmp_path / "layers")
+    # owned by the build user as export writes them: a launch+cache layer's cache sha is its image sha
+    cache.save(tmp_path / "layers", uid=opts.uid, gid=opts.gid)
     group = list(read_build_output(tmp_path / "layers").buildpacks)
     # Second build: a fresh layers dir from the cache; the buildpacks keep runtime and deps as they are.
     saved = tmp_path / "saved"

@@ -33,7 +33,8 @@ from ocibuild.errors import NotFound
 from ocibuild.layer import write_layer
 from ocibuild.layer.compress import decompressor
 from ocibuild.layer.extract import safe_extract
-from ocibuild.layer.tarwriter import normalize_path
+from ocibuild.layer import TarEntry
+from ocibuild.layer.tarwriter import DIR, FILE, normalize_path
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.oci.digest import Digest
@@ -87,12 +88,54 @@ def _tar_layer(path: Path, image_path: str, uid: int, gid: int, media_type: str,
     return write_layer(entries, media_type=media_type, tmp_dir=tmp_dir)
 
 
-def _metadata_doc(items: list[tuple[GroupElement, str, str, dict[str, Any]]]) -> dict[str, Any]:
+def _metadata_doc(items: list[tuple[GroupElement, str, str, dict[str, Any]]], sbom_sha: str | None = None
+                  ) -> dict[str, Any]:
     bps: dict[str, dict[str, Any]] = {}
     for bp, name, sha, md in items:
         entry = bps.setdefault(bp.id, {"key": bp.id, "version": bp.version, "layers": {}})
         entry["layers"][name] = {"sha": sha, **md}
-    return {"buildpacks": list(bps.values())}
+    doc: dict[str, Any] = {"buildpacks": list(bps.values())}
+    if sbom_sha:
+        doc["sbom"] = {"sha": sbom_sha}  # the lifecycle's cache metadata "sbom" (layers/sbom/cache)
+    return doc
+
+
+def _sbom_cache_entries(layers_dir: Path, cached: list[tuple[GroupElement, str, Path, dict[str, Any]]],
+                        image_layers_dir: str, uid: int, gid: int) -> list[TarEntry]:
+    """``<layers>/sbom/cache/<bp>/<layer>/sbom.<ext>`` from each cache layer's ``<layer>.sbom.<ext>``:
+    the one SBOM layer of the cache, so that a layer restored from it keeps its SBOM."""
+    base = normalize_path(f"{image_layers_dir}/sbom/cache")
+    files = []
+    for bp, name, _path, _md in cached:
+        for sbom in sorted((layers_dir / escape_id(bp.id)).glob(f"{name}.sbom.*")):
+            ext = sbom.name.removeprefix(f"{name}.sbom.")
+            files.append(TarEntry(f"{base}/{escape_id(bp.id)}/{name}/sbom.{ext}", FILE, 0o644,
+                                  sbom.stat().st_size, uid=uid, gid=gid, opener=lambda p=sbom: open(p, "rb"),
+                                  fingerprint=f"{sbom.stat().st_size}:{sbom.stat().st_mtime_ns}"))
+    if not files:
+        return []
+    dirs = sorted({f.path.rsplit("/", i)[0] for f in files for i in (1, 2)} | {base})
+    parts = base.split("/")
+    parents = [TarEntry("/".join(parts[:i]), DIR, 0o755, uid=0, gid=0) for i in range(1, len(parts))]
+    return [*parents, *(TarEntry(d, DIR, 0o755, uid=uid, gid=gid) for d in dirs), *files]
+
+
+def restore_sbom(cache: LayerCache, cache_md: Mapping[str, Any], layers: Path, restored: list[str],
+                 image_layers_dir: str) -> bool:
+    """The cache's SBOM layer, when its metadata names one (never from an empty cache, lifecycle#831),
+    into ``<layers>/sbom/cache``, and each restored layer's files back as ``<bp>/<layer>.sbom.<ext>``."""
+    sha = (cache_md.get("sbom") or {}).get("sha")
+    if not sha:
+        return False
+    target = layers / "sbom" / "cache"
+    if not _restore_content(cache, sha, target, normalize_path(f"{image_layers_dir}/sbom/cache")):
+        return False
+    for key in restored:
+        bp_id, _, name = key.partition(":")
+        src = target / escape_id(bp_id) / name
+        for sbom in sorted(src.glob("sbom.*")) if src.is_dir() else []:
+            shutil.copyfile(sbom, layers / escape_id(bp_id) / f"{name}.{sbom.name}")
+    return True
 
 
 class DirCache:
@@ -128,9 +171,8 @@ class DirCache:
         self.committed.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
         items, written, reused = [], [], []
-        for bp, name, path, md in _cache_layers(Path(layers_dir)):
-            res = _tar_layer(path, f"{image_layers_dir}/{escape_id(bp.id)}/{name}", uid, gid, mt.OCI_LAYER,
-                             self.staging)
+
+        def commit(res: Any) -> str:
             sha = str(res.diff_id)
             target = self._layer_path(sha)
             if target.exists():
@@ -139,12 +181,20 @@ class DirCache:
             else:
                 os.replace(res.path, target)
                 written.append(sha)
+            return sha
+
+        cached = _cache_layers(Path(layers_dir))
+        for bp, name, path, md in cached:
+            sha = commit(_tar_layer(path, f"{image_layers_dir}/{escape_id(bp.id)}/{name}", uid, gid, mt.OCI_LAYER,
+                                    self.staging))
             items.append((bp, name, sha, md))
-        doc = _metadata_doc(items)
+        sbom = _sbom_cache_entries(Path(layers_dir), cached, image_layers_dir, uid, gid)
+        sbom_sha = commit(write_layer(sbom, media_type=mt.OCI_LAYER, tmp_dir=self.staging)) if sbom else None
+        doc = _metadata_doc(items, sbom_sha)
         tmp = self.staging / CACHE_LABEL
         tmp.write_bytes(canonical_json(doc))
         os.replace(tmp, self.committed / CACHE_LABEL)
-        keep = {f"{sha}.tar" for _bp, _n, sha, _md in items} | {CACHE_LABEL}
+        keep = {f"{sha}.tar" for _bp, _n, sha, _md in items} | {CACHE_LABEL} | ({f"{sbom_sha}.tar"} if sbom_sha else set())
         for old in self.committed.iterdir():
             if old.name not in keep:
                 old.unlink(missing_ok=True)
@@ -195,24 +245,31 @@ class ImageCache:
 
         work = Path(tempfile.mkdtemp(prefix="ocibuild-cache-", dir=tmp_dir))
         items, layers, diff_ids, written, reused = [], [], [], [], []
+
+        def push(res: Any) -> str:
+            sha = str(res.diff_id)
+            if self.store.has_blob(res.descriptor):
+                reused.append(sha)
+            else:
+                with open(res.path, "rb") as fh:
+                    self.store.put_blob(res.descriptor, fh)
+                written.append(sha)
+            res.discard()
+            layers.append(res.descriptor)
+            diff_ids.append(sha)
+            return sha
+
         try:
-            for bp, name, path, md in _cache_layers(Path(layers_dir)):
-                res = _tar_layer(path, f"{image_layers_dir}/{escape_id(bp.id)}/{name}", uid, gid,
-                                 mt.OCI_LAYER_GZIP, work)
-                sha = str(res.diff_id)
-                if self.store.has_blob(res.descriptor):
-                    reused.append(sha)
-                else:
-                    with open(res.path, "rb") as fh:
-                        self.store.put_blob(res.descriptor, fh)
-                    written.append(sha)
-                res.discard()
+            cached = _cache_layers(Path(layers_dir))
+            for bp, name, path, md in cached:
+                sha = push(_tar_layer(path, f"{image_layers_dir}/{escape_id(bp.id)}/{name}", uid, gid,
+                                      mt.OCI_LAYER_GZIP, work))
                 items.append((bp, name, sha, md))
-                layers.append(res.descriptor)
-                diff_ids.append(sha)
+            sbom = _sbom_cache_entries(Path(layers_dir), cached, image_layers_dir, uid, gid)
+            sbom_sha = push(write_layer(sbom, media_type=mt.OCI_LAYER_GZIP, tmp_dir=work)) if sbom else None
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        doc = _metadata_doc(items)
+        doc = _metadata_doc(items, sbom_sha)
         config = ImageConfig.build({
             "architecture": "amd64", "os": "linux", "created": "1980-01-01T00:00:01Z",
             "config": {"Labels": {CACHE_LABEL: canonical_json(doc).decode()}},
@@ -240,6 +297,45 @@ def _write_layer_files(bp_dir: Path, name: str, md: Mapping[str, Any], sha: str)
     (bp_dir / f"{name}.sha").write_text(sha)
 
 
+def _restore_kind(c_md: Mapping[str, Any] | None, l_md: Mapping[str, Any] | None, have_cache: bool,
+                  have_previous: bool) -> str | None:
+    """How one layer comes back (the lifecycle's metadata restorer and restorer):
+
+    * a launch layer of the previous image: its metadata (types from the image label) and, when it is
+      also a cache layer, its content from the cache only if the cache holds the same sha (else it is
+      stale and left for the buildpack to remake); launch+build without cache is never restored;
+    * a cache layer the previous image does not have: content and metadata from the cache, unless it
+      is a launch layer and there is a previous image that lacks it (stale); with no previous image at
+      all, launch+cache layers come from the cache (spec#406, lifecycle#1346).
+
+    Returns ``"metadata"`` (toml and sha only), ``"image"`` / ``"cache"`` (content, metadata from
+    there) or None."""
+    cache_ok = bool(have_cache and c_md and c_md.get("cache") and c_md.get("sha"))
+    if l_md and l_md.get("launch"):
+        if l_md.get("build") and not l_md.get("cache"):
+            return None
+        if not l_md.get("cache"):
+            return "metadata"
+        return "image" if cache_ok and c_md and c_md.get("sha") == l_md.get("sha") else None
+    if not cache_ok or not c_md:
+        return None
+    return None if c_md.get("launch") and have_previous else "cache"
+
+
+def _restore_content(cache: LayerCache | None, sha: str, target: Path, prefix: str) -> bool:
+    """A cache layer's files into ``target``; a layer the cache lists but cannot give is skipped,
+    not fatal (lifecycle#1381)."""
+    assert cache is not None
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with cache.open_layer(sha) as stream:
+            safe_extract(stream, target, prefix)
+    except NotFound:
+        shutil.rmtree(target, ignore_errors=True)
+        return False
+    return True
+
+
 def restore(
     cache: LayerCache | None,
     layers_dir: str | os.PathLike[str],
@@ -261,23 +357,20 @@ def restore(
         for name in sorted(set(cached) | set(launched)):
             if "/" in name or name in ("", ".", ".."):
                 continue
-            c_md, l_md = cached.get(name), launched.get(name)
-            if c_md and c_md.get("cache") and c_md.get("sha") and cache is not None:
-                prefix = normalize_path(f"{image_layers_dir}/{escape_id(bp.id)}/{name}")
-                (bp_dir / name).mkdir(parents=True, exist_ok=True)
-                try:
-                    with cache.open_layer(c_md["sha"]) as stream:
-                        safe_extract(stream, bp_dir / name, prefix)
-                except NotFound:
-                    shutil.rmtree(bp_dir / name, ignore_errors=True)
-                    continue
-                _write_layer_files(bp_dir, name, {**(l_md or {}), **c_md}, c_md["sha"])
-                content.append(f"{bp.id}:{name}")
-            elif l_md and l_md.get("launch") and not (l_md.get("build") and not l_md.get("cache")):
-                _write_layer_files(bp_dir, name, l_md, str(l_md.get("sha", "")))
+            kind = _restore_kind(cached.get(name), launched.get(name), cache is not None, previous is not None)
+            if kind == "metadata":
+                _write_layer_files(bp_dir, name, launched[name], str(launched[name].get("sha", "")))
                 meta_only.append(f"{bp.id}:{name}")
+            elif kind is not None:
+                md = launched[name] if kind == "image" else cached[name]
+                if _restore_content(cache, cached[name]["sha"], bp_dir / name,
+                                    normalize_path(f"{image_layers_dir}/{escape_id(bp.id)}/{name}")):
+                    _write_layer_files(bp_dir, name, md, cached[name]["sha"])
+                    content.append(f"{bp.id}:{name}")
         store_md = (prev_bp.get(bp.id) or {}).get("store")
         if store_md and store_md.get("metadata"):
             bp_dir.mkdir(parents=True, exist_ok=True)
             (bp_dir / "store.toml").write_text(tomli_w.dumps({"metadata": store_md["metadata"]}))
+    if cache is not None:
+        restore_sbom(cache, cache_md, layers, content, image_layers_dir)
     return Restored(tuple(content), tuple(meta_only))
