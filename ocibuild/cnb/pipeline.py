@@ -277,6 +277,9 @@ class _Build:
             run_source, target = self._switched_run_image(generated.run_image)
         if not generated.build_dockerfiles:
             return env, run_source, target, generated.plan
+        if env.sandbox.mode == "direct":  # a RUN would change this machine, not an image
+            raise UsageError("--isolation none cannot apply an extension's build.Dockerfile (its RUN would change "
+                             "this machine); drop --isolation none")
         b = builders.effective
         extended = self.phases.run("extending", lambda: ExtendPhase(
             env, rootfs, b.config, self.work / "extend", b.name, self.say).run(generated))
