@@ -87,7 +87,9 @@ def test_second_build_uploads_nothing(tmp_path: Path) -> None:
     shutil.copytree(tmp_path / "layers", saved)
     shutil.rmtree(tmp_path / "layers")
     restore(cache, tmp_path / "layers", group, previous=previous_metadata(app, "app"))
-    for keep in ("group.toml", "config", "test_app/launch.toml", "test_runtime/runtime.sbom.cdx.json"):
+    # They opt in again by writing their <layer>.toml: the restored ones have no [types].
+    for keep in ("group.toml", "config", "test_app/launch.toml", "test_runtime/runtime.sbom.cdx.json",
+                 "test_runtime/runtime.toml", "test_app/deps.toml"):
         src, dst = saved / keep, tmp_path / "layers" / keep
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)

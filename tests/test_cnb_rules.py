@@ -27,13 +27,20 @@ import tarfile
 from pathlib import Path
 
 from cnb_export_support import make_layers_dir, make_run_image
-from ocibuild.cnb.cache import CACHE_LABEL, DirCache, restore
+from ocibuild.cnb.cache import CACHE_LABEL, DirCache, ImageCache, restore
+from ocibuild.cnb.descriptor import GroupElement, Target
 from ocibuild.cnb.env import LaunchEnv, launch_layer_ops
 from ocibuild.cnb.export import ExportOptions, RunImageSource, export, previous_metadata, read_build_output
 from ocibuild.cnb.launcher import LaunchProcess, launcher_bytes, render_process_table
+from ocibuild.cnb.runimage import target_of, with_build_os_release
+from ocibuild.oci.manifest import ImageConfig, Manifest
+from ocibuild.store.base import load_config, load_manifest, put_bytes
 from ocibuild.store.layout import LayoutStore
+from test_launcher import _exec, _put_exec, _setup, shell  # noqa: F401 (shell is a fixture)
+from test_pack_cli import app, build_json, write_buildpack  # noqa: F401 (app is a fixture)
 
 NORMALIZED_MTIME = 315532801  # 1980-01-01T00:00:01Z
+_GROUP = [GroupElement("test/runtime", "1.0.0", api="0.10"), GroupElement("test/app", "2.0.0", api="0.10")]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -77,12 +84,14 @@ def test_launch_cache_layer_restored_from_cache_without_previous_image(tmp_path:
     assert got.metadata_only == ()  # launch-only layers live in an image, and there is none
     assert (fresh / "test_runtime" / "runtime" / "bin" / "hello").is_file()
     toml = (fresh / "test_runtime" / "runtime.toml").read_text()
-    assert "[types]" in toml and "launch = true" in toml and "cache = true" in toml
+    assert 'version = "3.1"' in toml and "[types]" not in toml  # the buildpack opts in again (API >= 0.6)
 
 
-def test_launch_layer_types_and_metadata_come_from_the_image_label(tmp_path: Path) -> None:
-    """lifecycle#589: for a launch layer the previous image's label, not the cache, says what the layer
-    is (``[types]``, Buildpack API >= 0.6) and what its metadata was."""
+def test_restored_layer_types_come_from_the_metadata_label_for_buildpack_api_0_6(tmp_path: Path) -> None:
+    """lifecycle#589: for a launch layer the previous image's label, not the cache, decides whether and
+    how it comes back and what its metadata was; the ``<layer>.toml`` restored for Buildpack API >= 0.6
+    has ``[metadata]`` only (lifecycle ``layermetadata.DefaultEncoderDecoder``: every type false until
+    the buildpack sets it again)."""
     b = _Built(tmp_path)
 
     def cache_side(layers: dict) -> None:
@@ -92,7 +101,7 @@ def test_launch_layer_types_and_metadata_come_from_the_image_label(tmp_path: Pat
     fresh, got = b.restore(previous=b.previous())
     assert "test/runtime:runtime" in got.content  # same sha in both: the content comes from the cache
     toml = (fresh / "test_runtime" / "runtime.toml").read_text()
-    assert 'version = "3.1"' in toml and "build = false" in toml
+    assert 'version = "3.1"' in toml and "from-the-cache" not in toml and "[types]" not in toml
 
 
 def test_stale_launch_cache_layer_is_not_restored(tmp_path: Path) -> None:
@@ -137,6 +146,58 @@ def test_no_sbom_restore_from_an_empty_cache(tmp_path: Path) -> None:
     (b.cache.committed / CACHE_LABEL).write_text(json.dumps(doc))
     fresh, got = b.restore(previous=b.previous())
     assert "test/runtime:runtime" in got.content and not (fresh / "sbom").exists()
+
+
+def test_image_cache_metadata_without_its_layer_is_skipped_not_fatal(tmp_path: Path) -> None:
+    """lifecycle#1381 for a cache image: its label names a layer the image no longer has."""
+    store = LayoutStore(tmp_path / "cache-image", create=True)
+    make_layers_dir(tmp_path)
+    cache = ImageCache(store, "cache")
+    saved = cache.save(tmp_path / "layers", uid=1000, gid=1000)
+    _d, manifest = load_manifest(store, "cache")
+    config = load_config(store, manifest.config)
+    doc = json.loads(config.raw)
+    doc["rootfs"]["diff_ids"] = doc["rootfs"]["diff_ids"][:1]  # the label still names both layers
+    short = ImageConfig.build(doc)
+    put_bytes(store, short.descriptor(), short.raw)
+    trimmed = Manifest.build(short.descriptor(), list(manifest.layers[:1]))
+    store.put_manifest(trimmed.descriptor(), trimmed.raw, tag="cache")
+    got = restore(cache, tmp_path / "fresh", _GROUP)
+    assert len(got.content) == 1 and len(saved.metadata["buildpacks"][0]["layers"]) == 2
+
+
+
+# -- target data -----------------------------------------------------------------------------------------
+def _run_image_with(store: LayoutStore, tag: str, *, variant: str | None, labels: dict[str, str]) -> None:
+    make_run_image(store, "base", extra_labels=labels)
+    _d, manifest = load_manifest(store, "base")
+    doc = json.loads(load_config(store, manifest.config).raw)
+    doc.update(architecture="arm64", os="linux")
+    if variant:
+        doc["variant"] = variant
+    config = ImageConfig.build(doc)
+    put_bytes(store, config.descriptor(), config.raw)
+    new = Manifest.build(config.descriptor(), list(manifest.layers))
+    store.put_manifest(new.descriptor(), new.raw, tag=tag)
+
+
+
+def test_target_data_order_config_then_distro_labels_then_os_release(tmp_path: Path) -> None:
+    """lifecycle#1352, #1337, #1371: os/arch/variant from the run image's config; the distro from its
+    ``io.buildpacks.base.distro.*`` labels; the build image's /etc/os-release only when there are none."""
+    store = LayoutStore(tmp_path / "runs", create=True)
+    os_release = 'ID=ubuntu\nVERSION_ID="24.04"\n'
+    _run_image_with(store, "labelled", variant="v8", labels={"io.buildpacks.base.distro.name": "debian",
+                                                             "io.buildpacks.base.distro.version": "12"})
+    labelled = with_build_os_release(target_of(store, "labelled"), os_release)
+    assert labelled == Target(os="linux", arch="arm64", arch_variant="v8", distro_name="debian",
+                              distro_version="12")
+    _run_image_with(store, "bare", variant=None, labels={})
+    bare = target_of(store, "bare")
+    assert (bare.os, bare.arch, bare.arch_variant, bare.distro_name) == ("linux", "arm64", "", "")
+    assert with_build_os_release(bare, os_release) == Target(os="linux", arch="arm64", distro_name="ubuntu",
+                                                             distro_version="24.04")
+
 
 
 # -- SBOM layout ---------------------------------------------------------------------------------------------
@@ -230,6 +291,19 @@ def test_env_launch_process_directory_takes_every_suffix(tmp_path: Path) -> None
     assert other["A"] == "base" and other["W"] == "w" and other["P"] == "rest" and "D" not in other
 
 
+def test_launcher_exec_d_runs_in_buildpack_order_then_file_name_order(shell: str, tmp_path: Path) -> None:
+    layers, _ = _setup(tmp_path)
+    # Written out of order: the launcher sorts by name within a directory, buildpacks in group order.
+    for name in ("30-c", "10-a", "20-b"):
+        _put_exec(layers, f"new_bp/l1/exec.d/{name}", f'printf \'SEEN = "%s{name}"\\n\' "${{SEEN:-}}" >&3\n')
+    _put_exec(layers, "old_bp/l2/exec.d/00-first", "echo 'NEVER = \"x\"' >&3\n")  # buildpack API 0.4: no exec.d
+    proc = _exec(shell, tmp_path, "web")
+    assert proc.returncode == 0, proc.stderr
+    env = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    assert env["SEEN"] == "10-a20-b30-c" and "NEVER" not in env
+
+
+
 def test_launcher_runs_the_process_in_its_working_dir(tmp_path: Path) -> None:
     """``working-dir`` of a launch.toml process (Buildpack API >= 0.8): the launcher changes there,
     and a process without one runs in the app directory."""
@@ -254,3 +328,42 @@ def test_launcher_runs_the_process_in_its_working_dir(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         seen[name] = proc.stdout.strip()
     assert seen == {"web": str(other), "plain": str(app)}
+
+
+# -- end to end: the cache alone brings a launch+cache layer back ---------------------------------------------
+KEEPER = """\
+layers="$1"
+mkdir -p "$layers/both"
+if [ -f "$layers/both.toml" ]; then
+  echo "both: restored $(cat "$layers/both/stamp")"
+  grep -q 'types' "$layers/both.toml" && echo "both: types came back"
+else
+  echo "both: $(date +%s%N)" > "$layers/both/stamp"
+fi
+printf '[types]\\nlaunch = true\\ncache = true\\n[metadata]\\nv = "1"\\n' > "$layers/both.toml"
+mkdir -p "$layers/bin"
+printf '[types]\\nlaunch = true\\n' > "$layers/bin.toml"
+cat > "$layers/launch.toml" <<'EOF'
+[[processes]]
+type = "web"
+command = ["cat", "/layers/test_keeper/both/stamp"]
+default = true
+EOF
+"""
+
+
+def test_launch_cache_layer_restored_from_cache_end_to_end_and_same_build_same_digest(
+        tmp_path: Path, app: Path, registry, fresh_repo: str) -> None:  # noqa: F811
+    """Two builds into two repositories sharing only the cache (no ``--previous-image``): the
+    launch+cache layer is restored from the cache with no types, and both images are the same digest."""
+    scratch, cache = tmp_path / "scratch", tmp_path / "cache"
+    keeper = write_buildpack(tmp_path / "keeper", "test/keeper", KEEPER)
+    first = build_json(f"{registry.host}/{fresh_repo}-a:1", "-b", str(keeper), "--cache-dir", str(cache),
+                       scratch=scratch, app=app)
+    from test_build import ocibuild
+
+    second_ref = f"{registry.host}/{fresh_repo}-b:1"
+    proc = ocibuild("build", second_ref, "-b", str(keeper), "--cache-dir", str(cache), "--path", str(app),
+                    "--json", scratch=scratch)
+    assert "both: restored both: " in proc.stderr and "types came back" not in proc.stderr
+    assert json.loads(proc.stdout)["digest"] == first["digest"]

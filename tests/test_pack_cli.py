@@ -305,6 +305,8 @@ KEEPER = """\
 layers="$1"
 if [[ -f "$layers/keep.toml" ]]; then
   echo "keeper: metadata restored"
+  grep -q '^\\[types\\]' "$layers/keep.toml" && echo "keeper: types restored"  # never: the buildpack opts in again
+  printf '[types]\\nlaunch = true\\n[metadata]\\nv = "1"\\n' > "$layers/keep.toml"
 else
   mkdir -p "$layers/keep"; echo "kept $RANDOM$RANDOM" > "$layers/keep/file"
   printf '[types]\\nlaunch = true\\n[metadata]\\nv = "1"\\n' > "$layers/keep.toml"
@@ -320,7 +322,7 @@ def test_previous_image_reuses_its_launch_layers(tmp_path: Path, app: Path, regi
     second_ref = f"{registry.host}/{fresh_repo}-b:1"
     proc = ocibuild("build", second_ref, "-b", str(keeper), "-b", "ocibuild/procfile", "--path", str(app),
                     "--previous-image", first_ref, scratch=scratch)
-    assert "keeper: metadata restored" in proc.stderr
+    assert "keeper: metadata restored" in proc.stderr and "keeper: types restored" not in proc.stderr
     layers = {}
     for ref in (first_ref, second_ref):
         manifest = json.loads(ocibuild("manifest", ref, scratch=scratch).stdout)

@@ -9,7 +9,7 @@ Formats are the lifecycle's (cache/volume_cache.go, cache/image_cache.go):
   ``io.buildpacks.lifecycle.cache.metadata``. A layer the store already holds is not uploaded.
 
 Restoring follows the lifecycle's restorer: ``cache = true`` layers get their content, ``<layer>.toml``
-and ``<layer>.sha``; launch-only layers (from the previous image's metadata) get the toml and sha only,
+(``[metadata]`` only: the types are false until the buildpack sets them again) and ``<layer>.sha``; launch-only layers (from the previous image's metadata) get the toml and sha only,
 so that a buildpack can keep them and the exporter reuses them by diffID; build-only layers are not
 restored.
 """
@@ -288,8 +288,11 @@ class Restored:
 
 
 def _write_layer_files(bp_dir: Path, name: str, md: Mapping[str, Any], sha: str) -> None:
-    doc: dict[str, Any] = {"types": {"launch": bool(md.get("launch")), "build": bool(md.get("build")),
-                                     "cache": bool(md.get("cache"))}}
+    """``<layer>.toml`` as the restorer writes it for buildpack API >= 0.6 (all ocibuild supports):
+    ``[metadata]`` only, no ``[types]``, so every flag is false until the buildpack sets it again
+    (lifecycle ``layermetadata.DefaultEncoderDecoder``); which layers come back is decided from the
+    labels' types (``_restore_kind``)."""
+    doc: dict[str, Any] = {}
     if md.get("data"):
         doc["metadata"] = md["data"]
     bp_dir.mkdir(parents=True, exist_ok=True)
