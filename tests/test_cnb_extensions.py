@@ -250,6 +250,7 @@ def test_run_dockerfile_from_switches_the_run_image(lab: Lab, built: dict) -> No
     assert meta["runImage"]["image"] == lab.run2
     assert meta["runImage"]["reference"].startswith(lab.run2.rsplit(":", 1)[0])
     assert "io.example.extended" not in labels  # build-image labels stay on the build image
+    assert f"warning: {lab.run2} is not a run image of the builder" in built["stderr"]
 
 
 def test_the_extended_build_image_is_ledgered_and_collected(lab: Lab, built: dict) -> None:

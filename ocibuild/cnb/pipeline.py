@@ -274,6 +274,9 @@ class _Build:
             env, target, self.work / "generated", current).run(detected))
         if generated.run_image is not None:
             self.say(f"run image switched by an extension: {generated.run_image}")
+            known = {n for r in builders.effective.run_images for n in (r.image, *(r.mirrors or ()))}
+            if generated.run_image not in known:  # the lifecycle warns too: rebase will need --force
+                self.say(f"warning: {generated.run_image} is not a run image of the builder (run.toml)")
             run_source, target = self._switched_run_image(generated.run_image)
         if not generated.build_dockerfiles:
             return env, run_source, target, generated.plan
