@@ -108,6 +108,11 @@ class Buildpack:
         return self.kind == KIND_EXTENSION
 
     @property
+    def id_dir(self) -> str:
+        """Where its versions live in a builder: ``cnb/buildpacks/<id>`` (or ``cnb/extensions/<id>``)."""
+        return f"{EXTENSIONS_DIR if self.is_extension else BUILDPACKS_DIR}/{self.escaped_id}"
+
+    @property
     def full_name(self) -> str:
         return f"{self.id}@{self.version}"
 
@@ -210,9 +215,8 @@ def dist_entries(bp: Buildpack, entries: Iterable[TarEntry]) -> list[TarEntry]:
     """pack's ``toDistTar``: root-relative entries re-homed under ``cnb/buildpacks/<id>/<version>``,
     ``bin/build``, ``bin/detect`` and ``bin/generate`` executable. Fifos and device nodes are not
     buildpack content and are left out."""
-    id_dir = f"{EXTENSIONS_DIR if bp.is_extension else BUILDPACKS_DIR}/{bp.escaped_id}"
-    base = f"{id_dir}/{bp.version}"
-    out = [TarEntry.dir(id_dir), TarEntry.dir(base)]
+    base = f"{bp.id_dir}/{bp.version}"
+    out = [TarEntry.dir(bp.id_dir), TarEntry.dir(base)]
     for e in entries:
         if e.kind in (FIFO, CHAR, BLOCK):
             continue

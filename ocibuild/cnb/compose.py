@@ -431,57 +431,51 @@ class _Layers:
     def buildpacks(self, bps: Sequence[Buildpack], validate: bool) -> None:
         """Metadata first (validation and order resolution see them all), then one layer per
         id@version sorted by it; a changed buildpack of the builder's is whited out first."""
-        meta = self.meta
-        known = {f"{b.get('id')}@{b.get('version')}" for b in meta["buildpacks"] or []}
-        for bp in bps:
-            if bp.full_name not in known:
-                meta["buildpacks"] = (meta["buildpacks"] or []) + [bp.info_json()]
-                known.add(bp.full_name)
+        known = self._register(bps, "buildpacks")
         if validate:
             for bp in bps:
-                _validate(bp, meta["lifecycle"], known)
-        to_add: dict[str, tuple[Buildpack, LayerBlob]] = {}
-        for bp in bps:
-            blob = bp.build_layer(self.workdir)
-            existing = (self.layers_md.get(bp.id) or {}).get(bp.version)
-            if existing is not None:
-                if existing.get("layerDiffID") == str(blob.diff_id):
-                    continue
-                self.add([_whiteout_entry(bp)])
-            previous = to_add.get(bp.full_name)
-            if previous is not None and previous[1].diff_id == blob.diff_id:
-                continue
-            to_add[bp.full_name] = (bp, blob)  # the last one wins, as in pack
-        for key in sorted(to_add):
-            bp, blob = to_add[key]
-            self.blobs.append(blob)
-            self.layers_md.setdefault(bp.id, {})[bp.version] = bp.layer_info_json(blob.diff_id)
+                _validate(bp, self.meta["lifecycle"], known)
+        self._module_layers(bps, self.layers_md)
         self.labels[LABEL_LAYERS] = label_text(_sorted_layers(self.layers_md))
 
     def extensions(self, exts: Sequence[Buildpack]) -> None:
-        """pack's extension layers: metadata ``extensions``, one layer per id@version (sorted), the
-        ``io.buildpacks.extension.layers`` label; a changed extension of the builder's whited out."""
+        """Image extensions the same way: metadata ``extensions``, one layer per id@version under
+        ``cnb/extensions``, the ``io.buildpacks.extension.layers`` label."""
         if not exts:
             return
-        known = {f"{e.get('id')}@{e.get('version')}" for e in self.meta["extensions"] or []}
+        self._register(exts, "extensions")
         ext_md: dict[str, dict[str, Any]] = thaw(self.builder.extension_layers)
+        self._module_layers(exts, ext_md)
+        self.labels[LABEL_EXTENSION_LAYERS] = label_text(_sorted_layers(ext_md))
+
+    def _register(self, modules: Sequence[Buildpack], key: str) -> set[str]:
+        """Each new id@version into the builder metadata's ``key`` list; returns every id@version there."""
+        known = {f"{b.get('id')}@{b.get('version')}" for b in self.meta[key] or []}
+        for mod in modules:
+            if mod.full_name not in known:
+                self.meta[key] = (self.meta[key] or []) + [mod.info_json()]
+                known.add(mod.full_name)
+        return known
+
+    def _module_layers(self, modules: Sequence[Buildpack], layers_md: dict[str, dict[str, Any]]) -> None:
+        """One layer per id@version (sorted) unless the builder already has that content; a changed
+        one of the builder's is whited out first; ``layers_md`` (a layers label) updated."""
         to_add: dict[str, tuple[Buildpack, LayerBlob]] = {}
-        for ext in exts:
-            if ext.full_name not in known:
-                self.meta["extensions"] = (self.meta["extensions"] or []) + [ext.info_json()]
-                known.add(ext.full_name)
-            blob = ext.build_layer(self.workdir)
-            existing = (ext_md.get(ext.id) or {}).get(ext.version)
+        for mod in modules:
+            blob = mod.build_layer(self.workdir)
+            existing = (layers_md.get(mod.id) or {}).get(mod.version)
             if existing is not None:
                 if existing.get("layerDiffID") == str(blob.diff_id):
                     continue
-                self.add([TarEntry.file(f"cnb/extensions/{ext.escaped_id}/.wh.{ext.version}", b"")])
-            to_add[ext.full_name] = (ext, blob)
+                self.add([_whiteout_entry(mod)])
+            previous = to_add.get(mod.full_name)
+            if previous is not None and previous[1].diff_id == blob.diff_id:
+                continue
+            to_add[mod.full_name] = (mod, blob)  # the last one wins, as in pack
         for key in sorted(to_add):
-            ext, blob = to_add[key]
+            mod, blob = to_add[key]
             self.blobs.append(blob)
-            ext_md.setdefault(ext.id, {})[ext.version] = ext.layer_info_json(blob.diff_id)
-        self.labels[LABEL_EXTENSION_LAYERS] = label_text(_sorted_layers(ext_md))
+            layers_md.setdefault(mod.id, {})[mod.version] = mod.layer_info_json(blob.diff_id)
 
     def order(self, order: Order, order_extensions: Order) -> None:
         resolved = resolve_order(self.meta["buildpacks"] or [], order)
@@ -547,7 +541,7 @@ def _dirs_entries(uid: int, gid: int) -> list[TarEntry]:
 
 
 def _whiteout_entry(bp: Buildpack) -> TarEntry:
-    return TarEntry.file(f"cnb/buildpacks/{bp.escaped_id}/.wh.{bp.version}", b"")
+    return TarEntry.file(f"{bp.id_dir}/.wh.{bp.version}", b"")
 
 
 def _build_config_entries(envs: Sequence[BuildConfigEnv]) -> list[TarEntry]:
