@@ -394,6 +394,22 @@ def parse_stacks(value: Any, where: str) -> tuple[Stack, ...]:
     return tuple(out)
 
 
+def _header(data: Mapping[str, Any], kind: str, where: str, supported_apis: tuple[str, ...] | None
+            ) -> tuple[Mapping[str, Any], str, ApiVersion, str, str]:
+    """The ``[buildpack]`` (or ``[extension]``) table, its id, the api and the version, checked;
+    ``where`` becomes ``<kind> <id>`` for the messages that follow."""
+    info = data.get(kind)
+    if not isinstance(info, dict):
+        raise DescriptorError(f"{where}: [{kind}] table is required")
+    module_id = validate_id(info.get("id"), where)
+    where = f"{kind} {module_id}"
+    api = check_api(data.get("api"), where, supported_apis)
+    version = _str(info, "version", where)
+    if not version:
+        raise DescriptorError(f"{where}: version is required")
+    return info, module_id, api, version, where
+
+
 def parse_descriptor(
     data: Mapping[str, Any],
     root: Path,
@@ -409,16 +425,8 @@ def parse_descriptor(
     distributing, the builder's lifecycle decides which APIs it speaks.
     """
     exists = has_file or (lambda rel: (root / rel).exists())
-    where = where or str(root / "buildpack.toml")
-    info = data.get("buildpack")
-    if not isinstance(info, dict):
-        raise DescriptorError(f"{where}: [buildpack] table is required")
-    bp_id = validate_id(info.get("id"), where)
-    where = f"buildpack {bp_id}"
-    api = check_api(data.get("api"), where, supported_apis)
-    version = _str(info, "version", where)
-    if not version:
-        raise DescriptorError(f"{where}: version is required")
+    info, bp_id, api, version, where = _header(data, KIND_BUILDPACK, where or str(root / "buildpack.toml"),
+                                               supported_apis)
     order = parse_order(data.get("order"), f"{where} order")
     if order and exists("bin/detect"):
         raise DescriptorError(f"{where}: a composite buildpack (with [[order]]) must not have bin/detect")
@@ -483,16 +491,8 @@ def parse_extension_descriptor(
     """Validate an ``extension.toml``: ``api``, ``[extension]`` id/version (name, homepage...),
     ``[[targets]]``. An extension has no order, no stacks and no ``clear-env``; ``bin/detect`` and
     ``bin/generate`` are optional (``detect/plan.toml`` and ``generate/*.Dockerfile`` stand in)."""
-    where = where or str(root / "extension.toml")
-    info = data.get("extension")
-    if not isinstance(info, dict):
-        raise DescriptorError(f"{where}: [extension] table is required")
-    ext_id = validate_id(info.get("id"), where)
-    where = f"extension {ext_id}"
-    api = check_api(data.get("api"), where, supported_apis)
-    version = _str(info, "version", where)
-    if not version:
-        raise DescriptorError(f"{where}: version is required")
+    info, ext_id, api, version, where = _header(data, KIND_EXTENSION, where or str(root / "extension.toml"),
+                                                supported_apis)
     for key in ("order", "stacks"):
         if data.get(key) is not None:
             raise DescriptorError(f"{where}: an extension cannot have [[{key}]]")
