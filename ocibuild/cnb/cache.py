@@ -27,14 +27,13 @@ from typing import Any, BinaryIO, Iterator, Mapping, Protocol
 import tomli_w
 
 from ocibuild.cnb.descriptor import GroupElement
-from ocibuild.cnb.export import _dir_entries, escape_id, read_build_output
+from ocibuild.cnb.export import _dir_entries, escape_id, read_build_output, sbom_entries
 from ocibuild.cnb.errors import CacheError
 from ocibuild.errors import NotFound
-from ocibuild.layer import write_layer
+from ocibuild.layer import TarEntry, write_layer
 from ocibuild.layer.compress import decompressor
 from ocibuild.layer.extract import safe_extract
-from ocibuild.layer import TarEntry
-from ocibuild.layer.tarwriter import DIR, FILE, normalize_path
+from ocibuild.layer.tarwriter import normalize_path
 from ocibuild.oci import mediatype as mt
 from ocibuild.oci.descriptor import Descriptor
 from ocibuild.oci.digest import Digest
@@ -101,41 +100,27 @@ def _metadata_doc(items: list[tuple[GroupElement, str, str, dict[str, Any]]], sb
 
 
 def _sbom_cache_entries(layers_dir: Path, cached: list[tuple[GroupElement, str, Path, dict[str, Any]]],
-                        image_layers_dir: str, uid: int, gid: int) -> list[TarEntry]:
+                        image_layers_dir: str) -> list[TarEntry]:
     """``<layers>/sbom/cache/<bp>/<layer>/sbom.<ext>`` from each cache layer's ``<layer>.sbom.<ext>``:
     the one SBOM layer of the cache, so that a layer restored from it keeps its SBOM."""
-    base = normalize_path(f"{image_layers_dir}/sbom/cache")
-    files = []
-    for bp, name, _path, _md in cached:
-        for sbom in sorted((layers_dir / escape_id(bp.id)).glob(f"{name}.sbom.*")):
-            ext = sbom.name.removeprefix(f"{name}.sbom.")
-            files.append(TarEntry(f"{base}/{escape_id(bp.id)}/{name}/sbom.{ext}", FILE, 0o644,
-                                  sbom.stat().st_size, uid=uid, gid=gid, opener=lambda p=sbom: open(p, "rb"),
-                                  fingerprint=f"{sbom.stat().st_size}:{sbom.stat().st_mtime_ns}"))
-    if not files:
-        return []
-    dirs = sorted({f.path.rsplit("/", i)[0] for f in files for i in (1, 2)} | {base})
-    parts = base.split("/")
-    parents = [TarEntry("/".join(parts[:i]), DIR, 0o755, uid=0, gid=0) for i in range(1, len(parts))]
-    return [*parents, *(TarEntry(d, DIR, 0o755, uid=uid, gid=gid) for d in dirs), *files]
+    names = {(bp.id, name) for bp, name, _path, _md in cached}
+    return sbom_entries(layers_dir, sorted({bp.id for bp, *_ in cached}), "cache", image_layers_dir,
+                        lambda bp_id, owner: (bp_id, owner) in names)
 
 
 def restore_sbom(cache: LayerCache, cache_md: Mapping[str, Any], layers: Path, restored: list[str],
-                 image_layers_dir: str) -> bool:
+                 image_layers_dir: str) -> None:
     """The cache's SBOM layer, when its metadata names one (never from an empty cache, lifecycle#831),
     into ``<layers>/sbom/cache``, and each restored layer's files back as ``<bp>/<layer>.sbom.<ext>``."""
     sha = (cache_md.get("sbom") or {}).get("sha")
-    if not sha:
-        return False
     target = layers / "sbom" / "cache"
-    if not _restore_content(cache, sha, target, normalize_path(f"{image_layers_dir}/sbom/cache")):
-        return False
+    if not sha or not _restore_content(cache, sha, target, normalize_path(f"{image_layers_dir}/sbom/cache")):
+        return
     for key in restored:
         bp_id, _, name = key.partition(":")
         src = target / escape_id(bp_id) / name
         for sbom in sorted(src.glob("sbom.*")) if src.is_dir() else []:
             shutil.copyfile(sbom, layers / escape_id(bp_id) / f"{name}.{sbom.name}")
-    return True
 
 
 class DirCache:
@@ -188,7 +173,7 @@ class DirCache:
             sha = commit(_tar_layer(path, f"{image_layers_dir}/{escape_id(bp.id)}/{name}", uid, gid, mt.OCI_LAYER,
                                     self.staging))
             items.append((bp, name, sha, md))
-        sbom = _sbom_cache_entries(Path(layers_dir), cached, image_layers_dir, uid, gid)
+        sbom = _sbom_cache_entries(Path(layers_dir), cached, image_layers_dir)
         sbom_sha = commit(write_layer(sbom, media_type=mt.OCI_LAYER, tmp_dir=self.staging)) if sbom else None
         doc = _metadata_doc(items, sbom_sha)
         tmp = self.staging / CACHE_LABEL
@@ -265,7 +250,7 @@ class ImageCache:
                 sha = push(_tar_layer(path, f"{image_layers_dir}/{escape_id(bp.id)}/{name}", uid, gid,
                                       mt.OCI_LAYER_GZIP, work))
                 items.append((bp, name, sha, md))
-            sbom = _sbom_cache_entries(Path(layers_dir), cached, image_layers_dir, uid, gid)
+            sbom = _sbom_cache_entries(Path(layers_dir), cached, image_layers_dir)
             sbom_sha = push(write_layer(sbom, media_type=mt.OCI_LAYER_GZIP, tmp_dir=work)) if sbom else None
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -337,23 +337,32 @@ def created_time(creation_time: int | None) -> str:
 
 
 def _sbom_entries(build: BuildOutput, image_layers: str) -> list[TarEntry]:
-    """``<layers>/sbom/launch/<bp>/<layer>/sbom.<ext>`` from each launch layer's ``<layer>.sbom.<ext>``."""
-    base = normalize_path(image_layers)
+    """``<layers>/sbom/launch/<bp>/<layer>/sbom.<ext>`` from each launch layer's ``<layer>.sbom.<ext>``
+    (and ``<bp>/sbom.<ext>`` from a buildpack's ``launch.sbom.<ext>``)."""
     existing = build.layers_dir / "sbom" / "launch"
     if existing.is_dir():
-        return _dir_entries(existing, f"{base}/sbom/launch", 0, 0)
-    files: list[TarEntry] = []
+        return _dir_entries(existing, f"{normalize_path(image_layers)}/sbom/launch", 0, 0)
     launch_layers = {(lay.buildpack.id, lay.name) for lay in build.layers if lay.launch}
-    for bp in build.buildpacks:
-        bp_dir = build.layers_dir / escape_id(bp.id)
+    return sbom_entries(build.layers_dir, [bp.id for bp in build.buildpacks], "launch", image_layers,
+                        lambda bp_id, owner: owner == "launch" or (bp_id, owner) in launch_layers)
+
+
+def sbom_entries(layers_dir: Path, buildpack_ids: Iterable[str], kind: str, image_layers: str,
+                 keep: Callable[[str, str], bool]) -> list[TarEntry]:
+    """The lifecycle's SBOM layout for one layer type: ``<layers>/sbom/<kind>/<bp>/<layer>/sbom.<ext>``
+    from each ``<bp>/<layer>.sbom.<ext>`` that ``keep(bp id, layer)`` accepts (layer ``launch``: the
+    buildpack's own, at ``<bp>/sbom.<ext>``); directories 0755 and files 0644, root-owned."""
+    base = normalize_path(image_layers)
+    files: list[TarEntry] = []
+    for bp_id in buildpack_ids:
+        bp_dir = layers_dir / escape_id(bp_id)
         for sbom in sorted(bp_dir.glob("*.sbom.*")) if bp_dir.is_dir() else []:
             owner, _, ext = sbom.name.partition(".sbom.")
-            if owner != "launch" and (bp.id, owner) not in launch_layers:
+            if not keep(bp_id, owner):
                 continue
-            sub = f"{escape_id(bp.id)}/{owner}" if owner != "launch" else escape_id(bp.id)
-            data_path = sbom
-            files.append(TarEntry(f"{base}/sbom/launch/{sub}/sbom.{ext}", "file", 0o644,
-                                  data_path.stat().st_size, opener=lambda p=data_path: open(p, "rb")))
+            sub = f"{escape_id(bp_id)}/{owner}" if owner != "launch" else escape_id(bp_id)
+            files.append(TarEntry(f"{base}/sbom/{kind}/{sub}/sbom.{ext}", "file", 0o644,
+                                  sbom.stat().st_size, opener=lambda p=sbom: open(p, "rb")))
     if not files:
         return []
     dirs: set[str] = set()
