@@ -315,14 +315,10 @@ class _Build:
         descs = [b.descriptor(docker) for b in blobs]
         manifest = Manifest.build(extended.config.descriptor(), [*builder.manifest.layers, *descs],
                                   media_type=builder.manifest.media_type)
-        hook = lease.publish_hook(store, ROLE_EXTENDED_BUILD_IMAGE, ephemeral=True)
-        with store.writer_lock():
-            lease.ledger.hold(lease.id, [d.digest for d in (*descs, extended.config.descriptor())],
-                              _layout_location(store))
-            for blob in blobs:
-                blob.publish(store, docker=docker, before_publish=hook)
-            if not store.has_blob(extended.config.descriptor()):
-                store.put_blob(extended.config.descriptor(), io.BytesIO(extended.config.raw), before_publish=hook)
+        for blob, layer in zip(blobs, descs):
+            with blob.open() as stream:
+                lease.put_blob(store, layer, stream, ephemeral=True)
+        lease.put_blob(store, extended.config.descriptor(), io.BytesIO(extended.config.raw), ephemeral=True)
         desc = lease.put_manifest(store, manifest.descriptor(), manifest.raw, role=ROLE_EXTENDED_BUILD_IMAGE,
                                   ephemeral=True)
         self.say(f"extended build image {desc.digest.short()} ({len(descs)} layer(s) from extensions)")
@@ -606,12 +602,6 @@ def _requested_extensions(texts: tuple[str, ...], builder: Builder) -> tuple[lis
                              f" ({', '.join(versions) or 'it has none of that id'})")
         group.append(GroupElement(ref.id, ref.version or versions[0], extension=True))
     return added, Order((Group(tuple(group)),))
-
-
-def _layout_location(store: Any) -> str:
-    from ocibuild.ledger.scratch import layout_location
-
-    return layout_location(store.path)
 
 
 
