@@ -37,7 +37,7 @@ from ocibuild.cnb.launch import (
     read_store_toml,
 )
 from ocibuild.cnb.plan import Plan, Require, write_bp_plan
-from ocibuild.cnb.sandbox import DIRECT, Owner, Sandbox, give, phase_dir
+from ocibuild.cnb.sandbox import DIRECT, Owner, Sandbox, exit_reason, give, phase_dir
 
 
 @dataclass(frozen=True)
@@ -172,8 +172,7 @@ class _Runner:
         self.output.write(proc.stdout.decode("utf-8", "replace"))
         self.output.flush()
         if proc.returncode != 0:
-            how = f"exit status {proc.returncode}" if proc.returncode > 0 else f"signal {-proc.returncode}"
-            raise BuildpackError(f"buildpack {bp}@{desc.version}: bin/build failed ({how})", buildpack=bp)
+            raise BuildpackError(f"buildpack {bp}@{desc.version}: bin/build failed ({exit_reason(proc.returncode)})", buildpack=bp)
 
 
 class _Accumulated:

@@ -28,7 +28,7 @@ from ocibuild.cnb.dockerfile import BASE_IMAGE_ARG, DockerfileError, Instruction
 from ocibuild.cnb.errors import BuildpackError
 from ocibuild.cnb.generate import Generated
 from ocibuild.cnb.rootfs import RootFS
-from ocibuild.cnb.sandbox import Sandbox
+from ocibuild.cnb.sandbox import Sandbox, exit_reason
 from ocibuild.layer import TarEntry, write_layer
 from ocibuild.layer.compress import LayerResult
 from ocibuild.layer.extract import OVERLAY_OPAQUE_XATTR
@@ -160,8 +160,7 @@ class Extender:
         self.output.write(proc.stdout.decode("utf-8", "replace"))
         self.output.flush()
         if proc.returncode != 0:
-            how = f"exit status {proc.returncode}" if proc.returncode > 0 else f"signal {-proc.returncode}"
-            raise ExtendError(f"{where}: RUN failed ({how})", buildpack=gen.extension.id)
+            raise ExtendError(f"{where}: RUN failed ({exit_reason(proc.returncode)})", buildpack=gen.extension.id)
 
     def _copy(self, gen: Generated, ins: Instruction, state: _State, values: Mapping[str, str], rootfs: RootFS,
               upper: Path, where: str) -> None:

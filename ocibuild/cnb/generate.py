@@ -26,7 +26,7 @@ from ocibuild.cnb.dockerfile import Dockerfile, DockerfileError, parse_dockerfil
 from ocibuild.cnb.env import BuildEnv
 from ocibuild.cnb.errors import BuildpackError
 from ocibuild.cnb.plan import Plan, Require, write_bp_plan
-from ocibuild.cnb.sandbox import DIRECT, Owner, Sandbox, give, phase_dir
+from ocibuild.cnb.sandbox import DIRECT, Owner, Sandbox, exit_reason, give, phase_dir
 
 DOCKERFILES = ("build", "run")
 
@@ -128,8 +128,7 @@ def _run_generate(desc: BuildpackDescriptor, requires: tuple[Require, ...], dest
         output.write(proc.stdout.decode("utf-8", "replace"))
         output.flush()
         if proc.returncode != 0:
-            how = f"exit status {proc.returncode}" if proc.returncode > 0 else f"signal {-proc.returncode}"
-            raise BuildpackError(f"extension {desc}: bin/generate failed ({how})", buildpack=desc.id)
+            raise BuildpackError(f"extension {desc}: bin/generate failed ({exit_reason(proc.returncode)})", buildpack=desc.id)
         shutil.copytree(output_dir, dest, symlinks=True)
 
 

@@ -37,7 +37,7 @@ from ocibuild.cnb import _mountns
 from ocibuild.cnb.errors import SandboxUnavailable
 from ocibuild.cnb.rootfs import RootFS
 
-__all__ = ["DIRECT", "Mount", "Sandbox", "SandboxUnavailable", "prepare_sandbox", "stop_group"]
+__all__ = ["DIRECT", "Mount", "Sandbox", "SandboxUnavailable", "exit_reason", "prepare_sandbox", "stop_group"]
 
 #: The helper script (standard library only), run by path so that it never imports ocibuild.
 _HELPER = Path(_mountns.__file__)
@@ -163,6 +163,11 @@ def _run_direct(argv: Sequence[str], cwd: str, env: Mapping[str, str], stdout, s
             stop_group(proc)
             raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def exit_reason(returncode: int) -> str:
+    """How a command ended, for an error line: ``exit status N`` or ``signal N``."""
+    return f"exit status {returncode}" if returncode > 0 else f"signal {-returncode}"
 
 
 def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
