@@ -6,13 +6,13 @@ imports it only for its path and constants. Standard library only, so the interp
 
 SPEC (JSON): ``mode`` ``root`` (real root: no user namespace) or ``user`` (a user namespace mapping the
 caller to ``uid``/``gid``); ``uid``/``gid`` the identity the command runs as; ``root`` either
-``{"layers": [dirs, lowest first], "readonly": bool, "home": path, "upper": dir}`` (an overlayfs of
-the image's extracted layers over a throw-away tmpfs upper, or over ``<upper>/diff`` when given) or ``{"host": [names to skip]}`` (the host's top-level
-entries bound on a tmpfs: for library use, never for a build); ``new_root`` an empty directory;
-``isolate`` (PID, IPC and UTS namespaces, ``/proc``, a minimal ``/dev``, a private ``/tmp``);
-``network`` ``host`` or ``none`` (a network namespace with only loopback); ``hostname``;
-``files`` (host files bound read-only, ``/etc/resolv.conf``...); ``mounts`` (``[src, dst, rw]``);
-``cwd``.
+``{"layers": [dirs, lowest first], "readonly": bool, "home": path, "upper": dir}`` (an overlayfs of the
+image's extracted layers over a throw-away tmpfs upper, or over ``<upper>/diff`` when given) or
+``{"host": [names to skip]}`` (the host's top-level entries bound on a tmpfs: for library use, never for
+a build); ``new_root`` an empty directory; ``isolate`` (PID, IPC and UTS namespaces, ``/proc``, a
+minimal ``/dev``, a private ``/tmp``); ``network`` ``host`` or ``none`` (a network namespace with only
+loopback); ``hostname``; ``files`` (host files bound read-only, ``/etc/resolv.conf``...); ``mounts``
+(``[src, dst, rw]``); ``cwd``.
 
 With ``isolate``, the process forks a PID 1 for the new PID namespace, which forks the command and
 reaps; when the command exits, PID 1 exits with its status and the kernel kills whatever the command

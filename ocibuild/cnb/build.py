@@ -172,7 +172,8 @@ class _Runner:
         self.output.write(proc.stdout.decode("utf-8", "replace"))
         self.output.flush()
         if proc.returncode != 0:
-            raise BuildpackError(f"buildpack {bp}@{desc.version}: bin/build failed ({exit_reason(proc.returncode)})", buildpack=bp)
+            raise BuildpackError(f"buildpack {bp}@{desc.version}: bin/build failed ({exit_reason(proc.returncode)})",
+                                 buildpack=bp)
 
 
 class _Accumulated:

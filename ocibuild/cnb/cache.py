@@ -9,9 +9,9 @@ Formats are the lifecycle's (cache/volume_cache.go, cache/image_cache.go):
   ``io.buildpacks.lifecycle.cache.metadata``. A layer the store already holds is not uploaded.
 
 Restoring follows the lifecycle's restorer: ``cache = true`` layers get their content, ``<layer>.toml``
-(``[metadata]`` only: the types are false until the buildpack sets them again) and ``<layer>.sha``; launch-only layers (from the previous image's metadata) get the toml and sha only,
-so that a buildpack can keep them and the exporter reuses them by diffID; build-only layers are not
-restored.
+(``[metadata]`` only: the types are false until the buildpack sets them again) and ``<layer>.sha``;
+launch-only layers (from the previous image's metadata) get the toml and sha only, so that a buildpack
+can keep them and the exporter reuses them by diffID; build-only layers are not restored.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class DirCache:
         tmp = self.staging / CACHE_LABEL
         tmp.write_bytes(canonical_json(doc))
         os.replace(tmp, self.committed / CACHE_LABEL)
-        keep = {f"{sha}.tar" for _bp, _n, sha, _md in items} | {CACHE_LABEL} | ({f"{sbom_sha}.tar"} if sbom_sha else set())
+        keep = {f"{sha}.tar" for sha in (*(item[2] for item in items), sbom_sha) if sha} | {CACHE_LABEL}
         for old in self.committed.iterdir():
             if old.name not in keep:
                 old.unlink(missing_ok=True)

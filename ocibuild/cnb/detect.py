@@ -8,9 +8,10 @@ non-optional member passes, at least one passes, and a plan resolves. Exit codes
 passed, 21 when additionally a bin/detect errored (exit other than 0/100 or a refused plan).
 
 Image extensions (Platform API 0.13): the ``order-extensions`` are tried ahead of every group as an
-optional composite whose members are all optional (the lifecycle's ``PrependExtensions``); an
-extension without ``bin/detect`` passes with its ``detect/plan.toml`` (or ``plan.toml``); its plan
-may provide, never require (``extension <id> outputs "requires" which is not allowed``). A group needs at least one buildpack besides its extensions.
+optional composite whose members are all optional (the lifecycle's ``PrependExtensions``); an extension
+without ``bin/detect`` passes with its ``detect/plan.toml`` (or ``plan.toml``); its plan may provide,
+never require (``extension <id> outputs "requires" which is not allowed``). A group needs at least one
+buildpack besides its extensions.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """The build-image extension: the ``build.Dockerfile``s extensions generated, applied without a daemon.
 
-Where the lifecycle's extender hands them to kaniko, ocibuild runs each ``RUN`` in the build
-environment itself: the builder's file system as an overlay whose upper directory is kept, as the
-user ``docker build`` would (the image config's ``User`` until a ``USER`` changes it: extensions
-say ``USER root`` to install packages and ``USER ${user_id}:${group_id}`` at the end), in the same
-namespaces buildpacks get, before any buildpack runs. Build args: ``base_image``, ``build_id`` (a
-fresh UUID), ``user_id``, ``group_id`` and ``extend-config.toml``'s ``[[build.args]]``. What one extension's Dockerfile changed (its upper directory, overlay
-whiteouts turned into ``.wh.`` entries) becomes one layer; the layers, the ``ENV`` and ``LABEL``
-changes make the ephemeral build image (``ExtendedImage``), which the caller writes to the scratch
-layout under the build's lease (ledger role ``extended-build-image``) so that it is collected after
-the build like the ephemeral builder. The buildpacks then build in it.
+Where the lifecycle's extender hands them to kaniko, ocibuild runs each ``RUN`` in the build environment
+itself: the builder's file system as an overlay whose upper directory is kept, as the user ``docker
+build`` would (the image config's ``User`` until a ``USER`` changes it: extensions say ``USER root`` to
+install packages and ``USER ${user_id}:${group_id}`` at the end), in the same namespaces buildpacks get,
+before any buildpack runs. Build args: ``base_image``, ``build_id`` (a fresh UUID), ``user_id``,
+``group_id`` and ``extend-config.toml``'s ``[[build.args]]``. What one extension's Dockerfile changed
+(its upper directory, overlay whiteouts turned into ``.wh.`` entries) becomes one layer; the layers, the
+``ENV`` and ``LABEL`` changes make the ephemeral build image (``ExtendedImage``), which the caller
+writes to the scratch layout under the build's lease (ledger role ``extended-build-image``) so that it
+is collected after the build like the ephemeral builder. The buildpacks then build in it.
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ class Extender:
         self.output.write(proc.stdout.decode("utf-8", "replace"))
         self.output.flush()
         if proc.returncode != 0:
-            raise ExtendError(f"{where}: RUN failed ({exit_reason(proc.returncode)})", buildpack=gen.extension.id)
+            raise ExtendError(f"{where}: RUN failed ({exit_reason(proc.returncode)})",
+                              buildpack=gen.extension.id)
 
     def _copy(self, gen: Generated, ins: Instruction, state: _State, values: Mapping[str, str], rootfs: RootFS,
               upper: Path, where: str) -> None:

@@ -86,8 +86,8 @@ def generate(
         desc = store.lookup(element.id, element.version)
         dest = out_dir / escape_id(desc.id)
         requires = plan.find(desc.id, extension=True)
-        _run_generate(desc, requires, dest, app_dir, platform_dir, BuildEnv(env), target or Target(), build_config_dir, sb,
-                      tmp_dir, owner, output if output is not None else sys.stderr)
+        _run_generate(desc, requires, dest, app_dir, platform_dir, BuildEnv(env), target or Target(),
+                      build_config_dir, sb, tmp_dir, owner, output if output is not None else sys.stderr)
         generated = _read_outputs(element, dest)
         if generated.run is not None:
             current = generated.run.image(current)
@@ -128,7 +128,8 @@ def _run_generate(desc: BuildpackDescriptor, requires: tuple[Require, ...], dest
         output.write(proc.stdout.decode("utf-8", "replace"))
         output.flush()
         if proc.returncode != 0:
-            raise BuildpackError(f"extension {desc}: bin/generate failed ({exit_reason(proc.returncode)})", buildpack=desc.id)
+            raise BuildpackError(f"extension {desc}: bin/generate failed ({exit_reason(proc.returncode)})",
+                                 buildpack=desc.id)
         shutil.copytree(output_dir, dest, symlinks=True)
 
 
@@ -154,7 +155,8 @@ def _build_args(element: GroupElement, dest: Path) -> tuple[tuple[str, str], ...
         raise DockerfileError(f"{where}: invalid TOML ({err})") from None
     out = []
     for arg in (doc.get("build") or {}).get("args") or []:
-        if not isinstance(arg, dict) or not isinstance(arg.get("name"), str) or not isinstance(arg.get("value", ""), str):
+        if not isinstance(arg, dict) or not all(isinstance(arg.get(k, ""), str) for k in ("name", "value")) \
+                or not arg.get("name"):
             raise DockerfileError(f"{where}: every [[build.args]] needs a name and a string value")
         out.append((arg["name"], arg.get("value", "")))
     return tuple(out)
