@@ -104,6 +104,19 @@ def run(
     return proc
 
 
+def read_with_peers(ref: str, work: Path) -> tuple[dict, Path]:
+    """The image at plain-HTTP registry ``ref`` as the peers read it: skopeo's ``inspect`` JSON, and the
+    umoci bundle of skopeo's copy into an OCI layout (``work/skopeo-copy``, ``work/umoci-bundle``).
+    Each step failing fails the test with its output."""
+    import json
+
+    inspected = json.loads(run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], check=True).stdout)
+    layout, bundle = work / "skopeo-copy", work / "umoci-bundle"
+    run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:app"], check=True)
+    run(["umoci", "unpack", "--rootless", "--image", f"{layout}:app", bundle], check=True)
+    return inspected, bundle
+
+
 def _tail(out: str | bytes | None, limit: int = 4000) -> str:
     if out is None:
         return ""
